@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+//! `bgaudiosrc`: a push source that plays a decoded audio file, optionally looped without a gap,
+//! at a set volume.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod cache;
+mod decoder;
+mod gain;
+mod imp;
+
+/// How the element behaves in its pipeline.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstBgAudioSrcMode")]
+pub enum BgAudioSrcMode {
+    /// The exclusive output: non-live, timestamps from 0, EOS at the end of the file.
+    #[default]
+    #[enum_value(
+        name = "Playback: the only audio, non-live, timestamps from 0",
+        nick = "playback"
+    )]
+    Playback = 0,
+    /// One input of an `audiomixer` in a live pipeline.
+    #[enum_value(name = "Mixing: a live input of an audiomixer", nick = "mixing")]
+    Mixing = 1,
+}
+
+glib::wrapper! {
+    /// The `bgaudiosrc` element.
+    pub struct BgAudioSrc(ObjectSubclass<imp::BgAudioSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
+}
+
+/// Registers `bgaudiosrc` (and its mode enum, for gst-inspect-1.0) with `plugin`.
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    #[cfg(feature = "doc")]
+    BgAudioSrcMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    gst::Element::register(
+        Some(plugin),
+        "bgaudiosrc",
+        gst::Rank::NONE,
+        BgAudioSrc::static_type(),
+    )
+}
