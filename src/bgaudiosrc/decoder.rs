@@ -232,7 +232,12 @@ impl Decoder {
             // Streams that are not audio are neither decoded nor exposed.
             .property("expose-all-streams", false)
             .build()?;
-        let convert = gst::ElementFactory::make("audioconvert").build()?;
+        // No dither: the cache is replayed many times, so a deterministic conversion (the same
+        // samples on every run and in every instance) matters more than shaping the rounding noise
+        // of float decoders once.
+        let convert = gst::ElementFactory::make("audioconvert")
+            .property_from_str("dithering", "none")
+            .build()?;
         let resample = gst::ElementFactory::make("audioresample").build()?;
         let capsfilter = gst::ElementFactory::make("capsfilter").build()?;
         let appsink = gst_app::AppSink::builder()

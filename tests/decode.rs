@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+//! Playback output against the stock decode chain, caps fixation, timestamps and queries.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use std::path::PathBuf;
+
+/// A 1.5 s 440 Hz stereo clip at 44.1 kHz in the given format.
+fn clip(ext: &str, encoder: &str) -> PathBuf {
+    let path = fixture_dir("decode").join(format!("clip.{ext}"));
+    make_sine(&path, 44_100, 2, 440.0, 66_000, encoder);
+    path
+}
+
+fn assert_same_as_reference(ext: &str, encoder: &str, caps: &str) {
+    init();
+    let caps = &s16(caps);
+    let path = clip(ext, encoder);
+    let reference = reference(&path, caps);
+    let ours = bgaudio(&path, "", caps, None);
+    assert!(ours.error.is_none(), "{ext}: {:?}", ours.error);
+    assert!(ours.eos, "{ext}: no EOS");
+    assert!(format_of(&ours.caps).is_some());
+    assert_eq!(
+        format_of(&ours.caps),
+        format_of(&reference.caps),
+        "{ext}: caps"
+    );
+    assert!(
+        reference.samples.len() > 30_000,
+        "{ext}: reference too short"
+    );
+    assert_eq!(ours.samples.len(), reference.samples.len(), "{ext}: length");
+    let first_diff = ours
+        .samples
+        .iter()
+        .zip(&reference.samples)
+        .position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "{ext}: samples differ");
+    assert_contiguous(&ours);
+}
+
+const ANY: &str = "";
+
+#[test]
+fn vorbis_equals_reference_chain() {
+    assert_same_as_reference("ogg", "vorbisenc ! oggmux", ANY);
+}
+
+#[test]
+fn mp3_equals_reference_chain() {
+    assert_same_as_reference("mp3", "lamemp3enc ! id3v2mux", ANY);
+}
+
+#[test]
+fn flac_equals_reference_chain() {
+    assert_same_as_reference("flac", "flacenc", ANY);
+}
+
+#[test]
+fn wav_equals_reference_chain() {
+    assert_same_as_reference("wav", "wavenc", ANY);
+}
+
+#[test]
+fn resampled_and_downmixed_vorbis_equals_reference_chain() {
+    assert_same_as_reference("ogg", "vorbisenc ! oggmux", ",rate=24000,channels=1");
+}
+
+#[test]
+fn wav_output_is_the_file_bit_for_bit() {
+    // S16 WAV at its own rate goes through without any conversion.
+    init();
+    let path = fixture_dir("decode").join("exact.wav");
+    make_sine(&path, 8_000, 1, 250.0, 8_000, "wavenc");
+    let ours = bgaudio(&path, "", &s16(ANY), None);
+    assert_eq!(ours.samples.len(), 8_000);
+    for (i, s) in ours.samples.iter().enumerate() {
+        // audiotestsrc advances its phase before the first sample.
+        let phase = 2.0 * std::f64::consts::PI * 250.0 * (i + 1) as f64 / 8000.0;
+        let expect = (0.8 * 32767.0 * phase.sin()).round() as i32;
+        assert!(
+            (*s as i32 - expect).abs() <= 1,
+            "sample {i}: {s} vs {expect}"
+        );
+    }
+}
+
+fn negotiated(path: &std::path::Path, downstream: &str) -> (i32, i32, gst::Caps) {
+    let out = bgaudio(path, "", &s16(downstream), Some(1));
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let caps = out.caps.clone().expect("caps");
+    (out.rate(), out.channels() as i32, caps)
+}
+
+#[test]
+fn fixates_to_the_files_own_format() {
+    init();
+    let dir = fixture_dir("decode");
+    let flac = dir.join("hires.flac");
+    make_sine(&flac, 96_000, 2, 1000.0, 48_000, "flacenc");
+    let wav = dir.join("narrow.wav");
+    make_sine(&wav, 8_000, 1, 500.0, 4_000, "wavenc");
+    let surround = dir.join("surround.wav");
+    make_sine(&surround, 48_000, 6, 500.0, 4_000, "wavenc");
+
+    let (rate, channels, _) = negotiated(&flac, ANY);
+    assert_eq!((rate, channels), (96_000, 2));
+    let (rate, channels, _) = negotiated(&wav, ANY);
+    assert_eq!((rate, channels), (8_000, 1));
+    let (rate, channels, caps) = negotiated(&surround, ANY);
+    assert_eq!((rate, channels), (48_000, 6));
+    let mask = caps
+        .structure(0)
+        .unwrap()
+        .get::<gst::Bitmask>("channel-mask");
+    assert!(matches!(mask, Ok(m) if m.count_ones() == 6), "{caps}");
+    let expected = format!(
+        "S16{}",
+        if cfg!(target_endian = "little") {
+            "LE"
+        } else {
+            "BE"
+        }
+    );
+    assert_eq!(
+        caps.structure(0).unwrap().get::<&str>("format").unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn follows_the_format_downstream_asks_for() {
+    init();
+    let dir = fixture_dir("decode");
+    let flac = dir.join("hires.flac");
+    make_sine(&flac, 96_000, 2, 1000.0, 48_000, "flacenc");
+    let (rate, channels, _) = negotiated(&flac, ",rate=24000,channels=1");
+    assert_eq!((rate, channels), (24_000, 1));
+    let (rate, channels, _) = negotiated(&flac, ",rate=[8000,16000],channels=[4,8]");
+    assert_eq!((rate, channels), (16_000, 4));
+
+    // The whole file at the imposed format: 0.5 s at 24 kHz, within the resampler's edges.
+    let out = bgaudio(&flac, "", &s16(",rate=24000,channels=1"), None);
+    assert!(out.eos);
+    assert!(
+        (out.samples.len() as i64 - 12_000).abs() <= 2,
+        "{}",
+        out.samples.len()
+    );
+}
+
+#[test]
+fn buffers_are_20ms_by_default_and_follow_buffer_duration() {
+    init();
+    let path = clip("wav", "wavenc");
+    let out = bgaudio(&path, "", &s16(ANY), None);
+    let frames: Vec<usize> = out.buffers.iter().map(|b| b.4).collect();
+    assert!(
+        frames[..frames.len() - 1].iter().all(|f| *f == 882),
+        "{frames:?}"
+    );
+    assert_eq!(frames.iter().sum::<usize>(), 66_000);
+    assert_eq!(*frames.last().unwrap(), 66_000 % 882);
+    assert_eq!(out.buffers[0].0, Some(gst::ClockTime::ZERO));
+
+    let out = bgaudio(&path, "buffer-duration=10000000", &s16(ANY), Some(2000));
+    assert_eq!(out.buffers[0].4, 441);
+}
+
+#[test]
+fn answers_duration_in_time_and_none_while_looping() {
+    init();
+    let path = clip("flac", "flacenc");
+    for (props, expect) in [
+        (
+            "",
+            Some(gst::ClockTime::from_nseconds(
+                66_000 * 1_000_000_000 / 44_100,
+            )),
+        ),
+        ("loop=true", None),
+    ] {
+        let pipeline = gst::parse::launch(&format!(
+            "bgaudiosrc name=src location=\"{}\" {props} ! fakesink",
+            path.display()
+        ))
+        .unwrap();
+        pipeline.set_state(gst::State::Paused).unwrap();
+        let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(5));
+        assert!(res.is_ok());
+        let src = pipeline
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .by_name("src")
+            .unwrap();
+        let mut q = gst::query::Duration::new(gst::Format::Time);
+        assert!(src.src_pads()[0].query(&mut q), "{props}: query answered");
+        let got = match q.result() {
+            gst::GenericFormattedValue::Time(t) => t,
+            other => panic!("{other:?}"),
+        };
+        match expect {
+            // The decoder's estimate before the cache is complete may differ by a frame.
+            Some(d) => {
+                let got = got.expect("a duration");
+                assert!(
+                    got.nseconds().abs_diff(d.nseconds()) < 1_000_000,
+                    "{got} vs {d}"
+                );
+            }
+            None => assert_eq!(got, None),
+        }
+        let pos = pipeline.query_position::<gst::ClockTime>();
+        assert!(pos.is_some(), "position answered in TIME");
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
