@@ -5,26 +5,35 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The folder cargo put the built libraries in: the parent of this test's `deps/` folder.
-fn library_dir() -> PathBuf {
+/// The plugin library cargo built for this test run: in `deps/` beside this test (where
+/// `cargo test` puts it) or in the profile folder above (where `cargo build` puts it).
+fn built_library() -> PathBuf {
+    let name = format!(
+        "{}gstbgaudio{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
     let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile folder")
-        .to_path_buf()
+    let deps = exe.parent().expect("deps folder");
+    [
+        deps.join(&name),
+        deps.parent().expect("profile folder").join(&name),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .unwrap_or_else(|| panic!("{name} was not built"))
 }
 
 #[test]
 fn gst_inspect_documents_the_element() {
-    let dir = library_dir();
-    let lib = dir.join(format!(
-        "{}gstbgaudio{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    assert!(lib.exists(), "{} was not built", lib.display());
-    // A registry of its own, so a stale cache from another build is never used.
-    let registry = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("inspect-registry.bin");
+    // The library alone in a folder of its own (deps/ holds other crates' libraries too), and
+    // a registry of its own, so a stale cache from another build is never used.
+    let lib = built_library();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("inspect-plugin");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&lib, dir.join(lib.file_name().unwrap())).unwrap();
+    let registry = dir.join("registry.bin");
     let _ = std::fs::remove_file(&registry);
     let output = Command::new("gst-inspect-1.0")
         .arg("bgaudiosrc")
