@@ -91,9 +91,10 @@ fn volume_change_while_playing_applies_to_later_buffers() {
     let out = collect_pipeline(&pipeline, None);
     let at = switch_at.lock().unwrap().unwrap() as usize;
     assert_eq!(out.samples[..at], unity[..at]);
-    for i in at..16_000 {
-        let expect = (unity[i] as f64 * 0.25).round() as i32;
-        assert!((out.samples[i] as i32 - expect).abs() <= 1, "sample {i}");
+    assert_eq!(out.samples.len(), 16_000);
+    for (i, (x, y)) in unity.iter().zip(&out.samples).enumerate().skip(at) {
+        let expect = (*x as f64 * 0.25).round() as i32;
+        assert!((*y as i32 - expect).abs() <= 1, "sample {i}");
     }
 }
 

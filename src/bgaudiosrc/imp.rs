@@ -280,7 +280,7 @@ impl BaseSrcImpl for BgAudioSrc {
                     .value("channel-mask")
                     .map(|v| v.get::<gst::Bitmask>().is_ok())
                     .unwrap_or(false);
-                if channels > 2 && !mask_fixed || s.has_field("channel-mask") && !mask_fixed {
+                if !mask_fixed && (channels > 2 || s.has_field("channel-mask")) {
                     let mask = match native.channel_mask {
                         Some(mask) if channels == native.channels && mask != 0 => mask,
                         _ => gst_audio::AudioChannelPosition::fallback_mask(channels as u32),

@@ -65,19 +65,21 @@ pub fn make_sine(path: &Path, rate: i32, channels: i32, freq: f64, frames: u64, 
     std::fs::rename(&tmp, path).expect("rename fixture");
 }
 
+/// (pts, duration, offset, offset_end, frames) of one buffer.
+pub type BufferMeta = (
+    Option<gst::ClockTime>,
+    Option<gst::ClockTime>,
+    u64,
+    u64,
+    usize,
+);
+
 /// What a pipeline with an appsink named `sink` produced.
 #[derive(Debug, Default)]
 pub struct Output {
     pub samples: Vec<i16>,
     pub caps: Option<gst::Caps>,
-    /// (pts, duration, offset, offset_end, frames) of each buffer.
-    pub buffers: Vec<(
-        Option<gst::ClockTime>,
-        Option<gst::ClockTime>,
-        u64,
-        u64,
-        usize,
-    )>,
+    pub buffers: Vec<BufferMeta>,
     pub eos: bool,
     pub error: Option<gst::glib::Error>,
 }
