@@ -131,3 +131,35 @@ fn out_of_range_values_are_refused_and_the_old_value_kept() {
     g_object_set(&src, "volume", 10.0.to_value());
     assert_eq!(src.property::<f64>("volume"), 10.0);
 }
+
+#[test]
+fn volume_follows_a_controller_per_buffer() {
+    use gst_controller::prelude::*;
+    init();
+    let unity = play(1.0);
+    let pipeline = gst::parse::launch(&format!(
+        "bgaudiosrc name=src location=\"{}\" ! {} ! appsink name=sink",
+        clip().display(),
+        s16("")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    // Absolute values: 1.0 until 0.5 s, then 0.5 (step mode). 0.5 s is frame 8000, the start of
+    // the 26th 20 ms buffer at 16 kHz.
+    let control = gst_controller::InterpolationControlSource::new();
+    control.set_mode(gst_controller::InterpolationMode::None);
+    control.set(gst::ClockTime::ZERO, 1.0);
+    control.set(gst::ClockTime::from_mseconds(500), 0.5);
+    let binding = gst_controller::DirectControlBinding::new_absolute(&src, "volume", &control);
+    src.add_control_binding(&binding).unwrap();
+
+    let out = collect_pipeline(&pipeline, None);
+    assert_eq!(out.samples.len(), 16_000);
+    assert_eq!(out.samples[..8000], unity[..8000]);
+    for (i, (x, y)) in unity.iter().zip(&out.samples).enumerate().skip(8000) {
+        let expect = (*x as f64 * 0.5).round() as i32;
+        assert!((*y as i32 - expect).abs() <= 1, "sample {i}: {x} -> {y}");
+    }
+}

@@ -156,7 +156,8 @@ pub fn collect_pipeline(pipeline: &gst::Pipeline, max_frames: Option<usize>) -> 
             })
             .build(),
     );
-    pipeline.set_state(gst::State::Playing).expect("play");
+    // A start-up failure makes this fail; its reason is an ERROR on the bus, collected below.
+    let _ = pipeline.set_state(gst::State::Playing);
     let bus = pipeline.bus().expect("bus");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
