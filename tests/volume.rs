@@ -92,9 +92,23 @@ fn volume_change_while_playing_applies_to_later_buffers() {
     let at = switch_at.lock().unwrap().unwrap() as usize;
     assert_eq!(out.samples[..at], unity[..at]);
     assert_eq!(out.samples.len(), 16_000);
-    for (i, (x, y)) in unity.iter().zip(&out.samples).enumerate().skip(at) {
-        let expect = (*x as f64 * 0.25).round() as i32;
-        assert!((*y as i32 - expect).abs() <= 1, "sample {i}");
+    assert_ramped(&unity, &out.samples, at, 1.0, 0.25);
+}
+
+/// 10 ms at 16 kHz: a volume change moves linearly over this many frames.
+const RAMP: usize = 160;
+
+/// From frame `at`, `out` moves from `unity * from` to `unity * to` over `RAMP` frames (the
+/// volume ramp), then stays at `unity * to`.
+fn assert_ramped(unity: &[i16], out: &[i16], at: usize, from: f64, to: f64) {
+    for (i, (x, y)) in unity.iter().zip(out).enumerate().skip(at) {
+        let t = ((i - at) as f64 / RAMP as f64).min(1.0);
+        let gain = from + (to - from) * t;
+        let expect = (*x as f64 * gain).round() as i32;
+        assert!(
+            (*y as i32 - expect).abs() <= 1,
+            "sample {i}: {x} -> {y}, gain {gain}"
+        );
     }
 }
 
@@ -158,8 +172,5 @@ fn volume_follows_a_controller_per_buffer() {
     let out = collect_pipeline(&pipeline, None);
     assert_eq!(out.samples.len(), 16_000);
     assert_eq!(out.samples[..8000], unity[..8000]);
-    for (i, (x, y)) in unity.iter().zip(&out.samples).enumerate().skip(8000) {
-        let expect = (*x as f64 * 0.5).round() as i32;
-        assert!((*y as i32 - expect).abs() <= 1, "sample {i}: {x} -> {y}");
-    }
+    assert_ramped(&unity, &out.samples, 8000, 1.0, 0.5);
 }

@@ -21,6 +21,111 @@ pub fn apply(src: &[i16], dst: &mut [i16], gain: f64) {
     }
 }
 
+/// The gain of every output frame: the volume, ramped linearly over a few milliseconds whenever
+/// it changes, times an optional fade-in from frame 0 and an optional fade-out.
+///
+/// Frames are counted on the element's output sample counter. All three parts are linear
+/// segments, so the step between two consecutive frames' gains is bounded by
+/// `|volume change| / ramp_frames` plus `volume / fade_frames`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    ramp_from: f64,
+    ramp_to: f64,
+    ramp_start: u64,
+    ramp_frames: u64,
+    fade_in_frames: u64,
+    fade_out: Option<(u64, u64)>,
+}
+
+impl Envelope {
+    /// Starts at `volume` with no ramp in progress.
+    pub fn new(volume: f64, ramp_frames: u64, fade_in_frames: u64) -> Self {
+        Envelope {
+            ramp_from: volume,
+            ramp_to: volume,
+            ramp_start: 0,
+            ramp_frames: ramp_frames.max(1),
+            fade_in_frames,
+            fade_out: None,
+        }
+    }
+
+    /// From frame `at` on, moves towards `volume` over the ramp length, starting from the gain
+    /// the volume has at `at` (so a change in the middle of a ramp does not jump).
+    pub fn set_volume(&mut self, volume: f64, at: u64) {
+        if volume == self.ramp_to {
+            return;
+        }
+        self.ramp_from = self.volume_at(at);
+        self.ramp_to = volume;
+        self.ramp_start = at;
+    }
+
+    /// Fades out over `frames` frames from frame `at`; a fade already running is kept.
+    pub fn fade_out(&mut self, at: u64, frames: u64) {
+        if self.fade_out.is_none() {
+            self.fade_out = Some((at, frames));
+        }
+    }
+
+    /// The first frame after the fade-out, if one was asked for.
+    pub fn end(&self) -> Option<u64> {
+        self.fade_out.map(|(start, frames)| start + frames)
+    }
+
+    fn volume_at(&self, n: u64) -> f64 {
+        let t = n.saturating_sub(self.ramp_start);
+        if t >= self.ramp_frames {
+            return self.ramp_to;
+        }
+        self.ramp_from + (self.ramp_to - self.ramp_from) * (t as f64 / self.ramp_frames as f64)
+    }
+
+    /// The gain of frame `n`.
+    pub fn at(&self, n: u64) -> f64 {
+        let mut gain = self.volume_at(n);
+        if n < self.fade_in_frames {
+            gain *= n as f64 / self.fade_in_frames as f64;
+        }
+        if let Some((start, frames)) = self.fade_out {
+            if n >= start + frames {
+                return 0.0;
+            }
+            if n >= start {
+                gain *= 1.0 - (n - start) as f64 / frames as f64;
+            }
+        }
+        gain
+    }
+
+    /// The gain of frames `from..to` if it is the same for all of them: the common case, which
+    /// then costs one multiplication per sample (or nothing at 1.0).
+    pub fn constant(&self, from: u64, to: u64) -> Option<f64> {
+        let ramping = self.ramp_from != self.ramp_to && from < self.ramp_start + self.ramp_frames;
+        let fading_in = from < self.fade_in_frames;
+        let fading_out = self.fade_out.is_some_and(|(start, _)| to > start);
+        (!ramping && !fading_in && !fading_out).then_some(self.ramp_to)
+    }
+}
+
+/// Writes `src * envelope.at(frame)` into `dst`, frame by frame, where `src` starts at output
+/// frame `first_frame`. Used only while a ramp or fade is in progress.
+pub fn apply_envelope(
+    src: &[i16],
+    dst: &mut [i16],
+    channels: usize,
+    first_frame: u64,
+    envelope: &Envelope,
+) {
+    for (i, (s, d)) in src
+        .chunks_exact(channels)
+        .zip(dst.chunks_exact_mut(channels))
+        .enumerate()
+    {
+        apply(s, d, envelope.at(first_frame + i as u64));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +163,44 @@ mod tests {
         let mut dst = [1; 4];
         apply(&src, &mut dst, 0.0);
         assert_eq!(dst, [0; 4]);
+    }
+
+    #[test]
+    fn envelope_ramps_volume_changes_and_fades() {
+        let mut env = Envelope::new(1.0, 100, 0);
+        assert_eq!(env.constant(0, 960), Some(1.0));
+        env.set_volume(0.5, 1000);
+        assert_eq!(env.constant(1000, 1960), None);
+        assert_eq!(env.at(1000), 1.0);
+        assert!((env.at(1050) - 0.75).abs() < 1e-9);
+        assert_eq!(env.at(1100), 0.5);
+        assert_eq!(env.constant(1100, 2000), Some(0.5));
+        // A change in the middle of a ramp starts from where the ramp is.
+        let mut env = Envelope::new(1.0, 100, 0);
+        env.set_volume(0.0, 0);
+        env.set_volume(1.0, 50);
+        assert!((env.at(50) - 0.5).abs() < 1e-9);
+        assert_eq!(env.at(150), 1.0);
+
+        let mut env = Envelope::new(1.0, 100, 480);
+        assert_eq!(env.at(0), 0.0);
+        assert!((env.at(240) - 0.5).abs() < 1e-9);
+        assert_eq!(env.constant(0, 960), None);
+        assert_eq!(env.constant(480, 960), Some(1.0));
+        env.fade_out(1000, 200);
+        assert_eq!(env.end(), Some(1200));
+        assert_eq!(env.constant(960, 1020), None);
+        assert!((env.at(1100) - 0.5).abs() < 1e-9);
+        assert_eq!(env.at(1200), 0.0);
+    }
+
+    #[test]
+    fn envelope_is_applied_per_frame() {
+        let env = Envelope::new(1.0, 1, 4);
+        let src = [1000i16; 8];
+        let mut dst = [0i16; 8];
+        apply_envelope(&src, &mut dst, 2, 0, &env);
+        assert_eq!(dst, [0, 0, 250, 250, 500, 500, 750, 750]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use super::cache::{PcmCache, ReadError};
 use super::decoder::{Decoder, NativeFormat};
-use super::gain;
+use super::gain::{self, Envelope};
 use super::BgAudioSrcMode;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -30,6 +30,12 @@ const DEFAULT_LOOP: bool = false;
 const DEFAULT_BUFFER_DURATION: gst::ClockTime = gst::ClockTime::from_mseconds(20);
 const MIN_BUFFER_DURATION: gst::ClockTime = gst::ClockTime::from_mseconds(1);
 const MAX_BUFFER_DURATION: gst::ClockTime = gst::ClockTime::from_seconds(1);
+const DEFAULT_FADE_IN: gst::ClockTime = gst::ClockTime::from_mseconds(20);
+const DEFAULT_FADE_OUT: gst::ClockTime = gst::ClockTime::from_mseconds(20);
+const MAX_FADE: gst::ClockTime = gst::ClockTime::from_seconds(10);
+/// How long a volume change takes: short enough to feel immediate, long enough that no change
+/// makes an audible step (zipper noise).
+const VOLUME_RAMP: gst::ClockTime = gst::ClockTime::from_mseconds(10);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -38,6 +44,8 @@ struct Settings {
     mode: BgAudioSrcMode,
     do_loop: bool,
     buffer_duration: gst::ClockTime,
+    fade_in: gst::ClockTime,
+    fade_out: gst::ClockTime,
 }
 
 impl Default for Settings {
@@ -48,6 +56,8 @@ impl Default for Settings {
             mode: DEFAULT_MODE,
             do_loop: DEFAULT_LOOP,
             buffer_duration: DEFAULT_BUFFER_DURATION,
+            fade_in: DEFAULT_FADE_IN,
+            fade_out: DEFAULT_FADE_OUT,
         }
     }
 }
@@ -64,13 +74,31 @@ struct State {
     position: u64,
     /// Frames output so far: every timestamp and offset comes from this counter.
     sample_offset: u64,
+    /// Gain per output frame: volume ramps and fades. Made at the first buffer.
+    envelope: Option<Envelope>,
+    /// The `fade-out` signal came before the first buffer.
+    fade_out_pending: bool,
+    /// Running time of frame 0: zero in playback mode; in mixing mode the running time at which
+    /// the element started, so that it joins a running mixer at once.
+    timestamp_offset: Option<gst::ClockTime>,
+}
+
+/// How `fill_copied` scales the samples it copies.
+#[derive(Debug, Clone, Copy)]
+enum Gain<'a> {
+    Constant(f64),
+    /// Per frame, with the output frame number of the first sample.
+    Envelope(&'a Envelope, u64),
 }
 
 #[derive(Default)]
 pub struct BgAudioSrc {
     settings: Mutex<Settings>,
     state: Mutex<State>,
+    /// Set by `unlock`: cache and clock waits return at once.
     flushing: AtomicBool,
+    /// The clock wait in progress in mixing mode, for `unlock` to cancel.
+    clock_id: Mutex<Option<gst::SingleShotClockId>>,
 }
 
 #[glib::object_subclass]
@@ -122,9 +150,44 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_BUFFER_DURATION.nseconds())
                     .mutable_ready()
                     .build(),
+                /// Fade-in at the start in mixing mode, so joining a mix makes no click.
+                glib::ParamSpecUInt64::builder("fade-in-duration")
+                    .nick("Fade-in duration")
+                    .blurb("Fade-in when the element starts in mixing mode, in nanoseconds (0 = none)")
+                    .maximum(MAX_FADE.nseconds())
+                    .default_value(DEFAULT_FADE_IN.nseconds())
+                    .mutable_playing()
+                    .build(),
+                /// Fade-out length of the `fade-out` action signal.
+                glib::ParamSpecUInt64::builder("fade-out-duration")
+                    .nick("Fade-out duration")
+                    .blurb("Fade-out before EOS after the fade-out signal, in nanoseconds (0 = none)")
+                    .maximum(MAX_FADE.nseconds())
+                    .default_value(DEFAULT_FADE_OUT.nseconds())
+                    .mutable_playing()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![
+                /// Fades the output out over `fade-out-duration`, then ends the stream with EOS:
+                /// the click-free way for an application to stop the element.
+                glib::subclass::Signal::builder("fade-out")
+                    .action()
+                    .class_handler(|args| {
+                        if let Ok(obj) = args[0].get::<super::BgAudioSrc>() {
+                            obj.imp().start_fade_out();
+                        }
+                        None
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
     }
 
     fn constructed(&self) {
@@ -177,6 +240,16 @@ impl ObjectImpl for BgAudioSrc {
                     settings.buffer_duration
                 );
             }
+            "fade-in-duration" => {
+                settings.fade_in =
+                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
+                gst::info!(CAT, imp = self, "Fade-in set to {}", settings.fade_in);
+            }
+            "fade-out-duration" => {
+                settings.fade_out =
+                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
+                gst::info!(CAT, imp = self, "Fade-out set to {}", settings.fade_out);
+            }
             _ => unimplemented!(),
         }
     }
@@ -189,6 +262,8 @@ impl ObjectImpl for BgAudioSrc {
             "mode" => settings.mode.to_value(),
             "loop" => settings.do_loop.to_value(),
             "buffer-duration" => settings.buffer_duration.nseconds().to_value(),
+            "fade-in-duration" => settings.fade_in.nseconds().to_value(),
+            "fade-out-duration" => settings.fade_out.nseconds().to_value(),
             _ => unimplemented!(),
         }
     }
@@ -223,6 +298,23 @@ impl ElementImpl for BgAudioSrc {
             .expect("valid pad template")]
         });
         PAD_TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused {
+            let live = self.settings().mode == BgAudioSrcMode::Mixing;
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Starting as a {} source",
+                if live { "live" } else { "non-live" }
+            );
+            self.obj().set_live(live);
+        }
+        self.parent_change_state(transition)
     }
 }
 
@@ -340,6 +432,21 @@ impl BaseSrcImpl for BgAudioSrc {
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            if !self.obj().is_live() {
+                return BaseSrcImplExt::parent_query(self, query);
+            }
+            // One buffer: a buffer's last frame is due a buffer's duration after its first.
+            let state = self.state();
+            let latency = match &state.info {
+                Some(info) => frames_to_time(state.frames_per_buffer as u64, info.rate() as u64),
+                None => self.settings().buffer_duration,
+            };
+            drop(state);
+            gst::debug!(CAT, imp = self, "Live, latency {}", latency);
+            q.set(true, latency, gst::ClockTime::NONE);
+            return true;
+        }
         if let gst::QueryViewMut::Duration(q) = query.view_mut() {
             if q.format() == gst::Format::Time {
                 let do_loop = self.settings().do_loop;
@@ -372,6 +479,9 @@ impl BaseSrcImpl for BgAudioSrc {
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         gst::debug!(CAT, imp = self, "Unlocking");
         self.flushing.store(true, Ordering::SeqCst);
+        if let Some(id) = self.clock_id().take() {
+            id.unschedule();
+        }
         if let Some(cache) = self.state().cache.clone() {
             cache.wake();
         }
@@ -396,22 +506,68 @@ impl PushSrcImpl for BgAudioSrc {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Have no caps yet"));
             return Err(gst::FlowError::NotNegotiated);
         };
-        let (frames_per_buffer, mut position, sample_offset) =
+        let (mut frames_per_buffer, mut position, sample_offset) =
             (state.frames_per_buffer, state.position, state.sample_offset);
+        let timestamp_offset = state.timestamp_offset;
         drop(state);
 
         let rate = info.rate() as u64;
-        let pts = frames_to_time(sample_offset, rate);
+        let timestamp_offset = match timestamp_offset {
+            Some(offset) => offset,
+            None => self.first_running_time(),
+        };
+        let pts = timestamp_offset + frames_to_time(sample_offset, rate);
         // Let a GstController on `volume` update it for this buffer.
         let _ = self.obj().sync_values(pts);
         let settings = self.settings().clone();
 
+        let mut state = self.state();
+        let fade_out_pending = std::mem::take(&mut state.fade_out_pending);
+        let envelope = state.envelope.get_or_insert_with(|| {
+            let fade_in = if settings.mode == BgAudioSrcMode::Mixing {
+                time_to_frames(settings.fade_in, rate)
+            } else {
+                0
+            };
+            Envelope::new(settings.volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
+        });
+        if fade_out_pending {
+            envelope.fade_out(sample_offset, time_to_frames(settings.fade_out, rate));
+        }
+        envelope.set_volume(settings.volume, sample_offset);
+        let envelope = envelope.clone();
+        drop(state);
+
+        if let Some(end) = envelope.end() {
+            if sample_offset >= end {
+                gst::debug!(CAT, imp = self, "Faded out, EOS");
+                return Err(gst::FlowError::Eos);
+            }
+            frames_per_buffer = frames_per_buffer.min((end - sample_offset) as usize);
+        }
+
         let bpf = info.bpf() as usize;
-        let volume = settings.volume;
-        let (mut buffer, frames) = if volume == 1.0 && cache.complete_frames().is_some() {
-            self.fill_shared(&cache, &mut position, frames_per_buffer, settings.do_loop)?
-        } else {
-            self.fill_copied(&cache, &mut position, frames_per_buffer, bpf, &settings)?
+        let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
+        let (mut buffer, frames) = match gain {
+            Some(g) if g == 1.0 && cache.complete_frames().is_some() => {
+                self.fill_shared(&cache, &mut position, frames_per_buffer, settings.do_loop)?
+            }
+            Some(g) => self.fill_copied(
+                &cache,
+                &mut position,
+                frames_per_buffer,
+                bpf,
+                settings.do_loop,
+                Gain::Constant(g),
+            )?,
+            None => self.fill_copied(
+                &cache,
+                &mut position,
+                frames_per_buffer,
+                bpf,
+                settings.do_loop,
+                Gain::Envelope(&envelope, sample_offset),
+            )?,
         };
         if frames == 0 {
             gst::debug!(CAT, imp = self, "End of file at frame {}, EOS", position);
@@ -422,7 +578,7 @@ impl PushSrcImpl for BgAudioSrc {
             let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
             let end = sample_offset + frames as u64;
             buffer.set_pts(pts);
-            buffer.set_duration(frames_to_time(end, rate) - pts);
+            buffer.set_duration(timestamp_offset + frames_to_time(end, rate) - pts);
             buffer.set_offset(sample_offset);
             buffer.set_offset_end(end);
         }
@@ -430,7 +586,12 @@ impl PushSrcImpl for BgAudioSrc {
         let mut state = self.state();
         state.position = position;
         state.sample_offset = sample_offset + frames as u64;
+        state.timestamp_offset = Some(timestamp_offset);
         drop(state);
+
+        if self.obj().is_live() {
+            self.wait_until(pts)?;
+        }
 
         gst::log!(CAT, imp = self, "Produced {:?}", buffer);
         Ok(CreateSuccess::NewBuffer(buffer))
@@ -479,8 +640,10 @@ impl BgAudioSrc {
         position: &mut u64,
         frames_per_buffer: usize,
         bpf: usize,
-        settings: &Settings,
+        do_loop: bool,
+        gain: Gain,
     ) -> Result<(gst::Buffer, usize), gst::FlowError> {
+        let channels = bpf / 2;
         let mut buffer =
             gst::Buffer::with_size(frames_per_buffer * bpf).map_err(|_| gst::FlowError::Error)?;
         let mut frames = 0usize;
@@ -489,7 +652,6 @@ impl BgAudioSrc {
             let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
             let out = as_samples_mut(map.as_mut_slice()).ok_or(gst::FlowError::Error)?;
             let mut written = 0usize;
-            let volume = settings.volume;
             while frames < frames_per_buffer {
                 let read = cache.read(
                     *position,
@@ -497,17 +659,23 @@ impl BgAudioSrc {
                     || self.flushing.load(Ordering::SeqCst),
                     |src| {
                         let dst = &mut out[written..written + src.len()];
-                        if volume == 1.0 {
-                            dst.copy_from_slice(src);
-                        } else {
-                            gain::apply(src, dst, volume);
+                        match gain {
+                            Gain::Constant(g) if g == 1.0 => dst.copy_from_slice(src),
+                            Gain::Constant(g) => gain::apply(src, dst, g),
+                            Gain::Envelope(envelope, first) => gain::apply_envelope(
+                                src,
+                                dst,
+                                channels,
+                                first + (written / channels) as u64,
+                                envelope,
+                            ),
                         }
                         written += src.len();
                     },
                 );
                 match read {
                     Ok(0) => {
-                        if settings.do_loop && *position > 0 {
+                        if do_loop && *position > 0 {
                             self.log_loop(*position);
                             *position = 0;
                             continue;
@@ -532,6 +700,80 @@ impl BgAudioSrc {
             }
         }
         Ok((buffer, frames))
+    }
+
+    /// The running time of frame 0: in a live pipeline, now, so a mixer that is already
+    /// running plays the first buffer at once instead of dropping it as late.
+    fn first_running_time(&self) -> gst::ClockTime {
+        let obj = self.obj();
+        if !obj.is_live() {
+            return gst::ClockTime::ZERO;
+        }
+        let now = obj
+            .clock()
+            .zip(obj.base_time())
+            .and_then(|(clock, base)| clock.time().checked_sub(base))
+            .unwrap_or(gst::ClockTime::ZERO);
+        gst::debug!(CAT, imp = self, "First buffer at running time {}", now);
+        now
+    }
+
+    /// Waits on the pipeline clock until running time `running_time`, so a live source produces
+    /// in real time. The buffer for `[t, t + duration)` leaves at `t`, a whole buffer ahead of the
+    /// latency it reports. `unlock` cancels the wait.
+    fn wait_until(&self, running_time: gst::ClockTime) -> Result<(), gst::FlowError> {
+        let obj = self.obj();
+        let Some((clock, base_time)) = obj.clock().zip(obj.base_time()) else {
+            return Ok(());
+        };
+        let id = {
+            let mut clock_id = self.clock_id();
+            if self.flushing.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Flushing);
+            }
+            let id = clock.new_single_shot_id(base_time + running_time);
+            *clock_id = Some(id.clone());
+            id
+        };
+        let (res, jitter) = id.wait();
+        gst::log!(
+            CAT,
+            imp = self,
+            "Waited for {}: {:?}, jitter {}",
+            running_time,
+            res,
+            jitter
+        );
+        self.clock_id().take();
+        match res {
+            Err(gst::ClockError::Unscheduled) => Err(gst::FlowError::Flushing),
+            _ => Ok(()),
+        }
+    }
+
+    fn clock_id(&self) -> MutexGuard<'_, Option<gst::SingleShotClockId>> {
+        self.clock_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `fade-out` action signal: fade out from the next buffer on, then EOS.
+    fn start_fade_out(&self) {
+        let fade_out = self.settings().fade_out;
+        let mut state = self.state();
+        let at = state.sample_offset;
+        let rate = state.info.as_ref().map(|i| i.rate() as u64);
+        match (state.envelope.as_mut(), rate) {
+            (Some(envelope), Some(rate)) => {
+                envelope.fade_out(at, time_to_frames(fade_out, rate));
+            }
+            _ => state.fade_out_pending = true,
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "Fading out over {} from frame {}, then EOS",
+            fade_out,
+            at
+        );
     }
 
     fn log_loop(&self, frames: u64) {
@@ -559,6 +801,13 @@ fn frames_to_time(frames: u64, rate: u64) -> gst::ClockTime {
             .mul_div_floor(*gst::ClockTime::SECOND, rate)
             .unwrap_or(u64::MAX - 1),
     )
+}
+
+/// Whole frames in `time` at `rate`, rounded to nearest.
+fn time_to_frames(time: gst::ClockTime, rate: u64) -> u64 {
+    time.nseconds()
+        .mul_div_round(rate, *gst::ClockTime::SECOND)
+        .unwrap_or(0)
 }
 
 /// The bytes of a mapped S16 buffer as samples; `None` if the memory is not 2-byte aligned.
