@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{audio_sink, bus_error, Error};
+
 /// How long to play, or how much to write to the WAV file.
 const PLAY_TIME: Duration = Duration::from_secs(10);
 /// `bgaudiosrc` volume.
 const VOLUME: f64 = 0.3;
 /// How long the audio sink gets to drain after the EOS.
 const EOS_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(5);
-
-type Error = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     match run() {
@@ -136,30 +138,6 @@ fn render(src: &gst::Element, clip: &Path, out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// An `autoaudiosink` that opened a real device, or `None` when there is none to open.
-fn audio_sink() -> Result<Option<gst::Element>, Error> {
-    let sink = gst::ElementFactory::make("autoaudiosink").build()?;
-    // autoaudiosink picks and opens its device on NULL -> READY and falls back to a fakesink when
-    // no device works. Outside a pipeline it has no bus, so its warning about that goes nowhere.
-    if sink.set_state(gst::State::Ready).is_err() {
-        let _ = sink.set_state(gst::State::Null);
-        return Ok(None);
-    }
-    let bin = sink
-        .downcast_ref::<gst::Bin>()
-        .ok_or("autoaudiosink is not a bin")?;
-    let fake = bin.children().iter().any(|child| {
-        child
-            .factory()
-            .is_some_and(|factory| factory.name() == "fakesink")
-    });
-    if fake {
-        let _ = sink.set_state(gst::State::Null);
-        return Ok(None);
-    }
-    Ok(Some(sink))
-}
-
 /// A linear pipeline with its bus, set to NULL when dropped, whatever happened.
 struct Pipeline {
     pipeline: gst::Pipeline,
@@ -221,21 +199,6 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
-}
-
-/// The text of an error message: which element, what, and its debug details.
-fn bus_error(msg: &gst::Message) -> Error {
-    let gst::MessageView::Error(err) = msg.view() else {
-        return format!("unexpected {:?} message", msg.type_()).into();
-    };
-    format!(
-        "error from {}: {} ({})",
-        msg.src()
-            .map_or_else(|| "an unknown element".into(), |s| s.path_string()),
-        err.error(),
-        err.debug().as_deref().unwrap_or("no debug info")
-    )
-    .into()
 }
 
 /// `path` as the UTF-8 string a `location` property takes.

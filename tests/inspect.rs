@@ -65,6 +65,10 @@ fn gst_inspect_documents_the_element() {
         "Boolean. Default: false",
         "buffer-duration     : Duration of each output buffer",
         "Default: 20000000",
+        "fade-in-duration    : Fade-in when the element starts in mixing mode",
+        "fade-out-duration   : Fade-out before EOS after the fade-out signal",
+        "Element Actions:",
+        "\"fade-out\" :  void user_function (GstElement* object);",
     ] {
         assert!(
             text.contains(needle),
