@@ -219,3 +219,36 @@ fn answers_duration_in_time_and_none_while_looping() {
         pipeline.set_state(gst::State::Null).unwrap();
     }
 }
+
+#[test]
+fn renegotiation_keeps_the_format_downstream_still_allows() {
+    init();
+    let path = clip("wav", "wavenc");
+    let pipeline = gst::parse::launch(&format!(
+        "bgaudiosrc location=\"{}\" loop=true ! capsfilter name=f caps={} ! appsink name=sink",
+        path.display(),
+        s16(",rate=48000")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let filter = pipeline.by_name("f").unwrap();
+    let pad = filter.static_pad("src").unwrap();
+    let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let changed_probe = changed.clone();
+    let filter_probe = filter.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let offset = info.buffer().map(|b| b.offset()).unwrap_or(0);
+        if offset >= 48_000 && !changed_probe.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let caps: gst::Caps = s16(",rate=[8000,96000]").parse().unwrap();
+            filter_probe.set_property("caps", caps);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let out = collect_pipeline(&pipeline, Some(48_000 * 3));
+    assert!(changed.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.samples.len() / 2 >= 48_000 * 3);
+    assert_eq!(out.rate(), 48_000);
+    assert_contiguous(&out);
+}

@@ -411,3 +411,53 @@ fn switching_mode_between_runs() {
     assert_eq!(again.samples, playback.samples);
     assert_eq!(again.buffers[0].0, Some(gst::ClockTime::ZERO));
 }
+
+#[test]
+fn fade_out_from_another_thread_always_fades() {
+    // The signal may come while a buffer is being built: the fade must still run in full from
+    // a later buffer, never be skipped. Playback mode into an unsynced sink runs fast, so the
+    // signal lands at arbitrary points of the stream.
+    init();
+    const LEVEL: i16 = 10_000;
+    let path = dc(LEVEL, 4_800);
+    for round in 0..20 {
+        let pipeline = gst::parse::launch(&format!(
+            "bgaudiosrc name=bg loop=true volume=0.5 location=\"{}\" ! appsink name=sink",
+            path.display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let bg = pipeline.by_name("bg").unwrap();
+        let signaller = std::thread::spawn(move || {
+            // A fade-out is for a running element: wait until it plays.
+            while bg.current_state() != gst::State::Playing {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            std::thread::sleep(Duration::from_micros(200 * round));
+            bg.emit_by_name::<()>("fade-out", &[]);
+        });
+        let out = collect_pipeline(&pipeline, Some(48_000 * 60));
+        signaller.join().unwrap();
+        assert!(out.eos, "round {round}: the fade-out ends with EOS");
+        let s = &out.samples;
+        let half = LEVEL / 2;
+        // The last 960 frames (20 ms) are the whole fade, from the level down to silence.
+        assert!(s.len() > 960);
+        let fade = &s[s.len() - 960..];
+        assert!(
+            (fade[0] - half).abs() <= 1,
+            "round {round}: fade starts at {}",
+            fade[0]
+        );
+        assert!(
+            fade[959].abs() <= 6,
+            "round {round}: fade ends at {}",
+            fade[959]
+        );
+        assert!(
+            max_step(s, 0, s.len()) <= (half as i32) / 960 + 2,
+            "round {round}"
+        );
+    }
+}

@@ -106,10 +106,6 @@ impl PcmCache {
         self.rate
     }
 
-    pub fn channels(&self) -> u32 {
-        self.channels as u32
-    }
-
     fn chunk_samples(&self) -> usize {
         CHUNK_FRAMES * self.channels
     }

@@ -76,7 +76,7 @@ struct State {
     sample_offset: u64,
     /// Gain per output frame: volume ramps and fades. Made at the first buffer.
     envelope: Option<Envelope>,
-    /// The `fade-out` signal came before the first buffer.
+    /// The `fade-out` signal came; the next buffer starts the fade.
     fade_out_pending: bool,
     /// Running time of frame 0: zero in playback mode; in mixing mode the running time at which
     /// the element started, so that it joins a running mixer at once.
@@ -359,6 +359,23 @@ impl BaseSrcImpl for BgAudioSrc {
         Ok(())
     }
 
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        // Once the output started, the cache holds samples in one format: offer only that one,
+        // so a renegotiation keeps it wherever downstream still allows it.
+        let current = self
+            .state()
+            .info
+            .as_ref()
+            .and_then(|info| info.to_caps().ok());
+        let Some(current) = current else {
+            return self.parent_caps(filter);
+        };
+        Some(match filter {
+            Some(filter) => filter.intersect_with_mode(&current, gst::CapsIntersectMode::First),
+            None => current,
+        })
+    }
+
     fn fixate(&self, mut caps: gst::Caps) -> gst::Caps {
         let native = self.state().native;
         caps.truncate();
@@ -396,17 +413,19 @@ impl BaseSrcImpl for BgAudioSrc {
             .max(1) as usize;
 
         let mut state = self.state();
-        if let Some(cache) = &state.cache {
-            if cache.rate() == info.rate() && cache.channels() == info.channels() {
-                state.info = Some(info);
+        if let Some(current) = &state.info {
+            let same = current.rate() == info.rate()
+                && current.channels() == info.channels()
+                && current.positions() == info.positions();
+            if same {
                 return Ok(());
             }
             return Err(gst::loggable_error!(
                 CAT,
                 "Cannot change to {} after the output started at {} Hz, {} channels",
                 caps,
-                cache.rate(),
-                cache.channels()
+                current.rate(),
+                current.channels()
             ));
         }
         let Some(mut decoder) = state.decoder.take() else {
@@ -512,13 +531,11 @@ impl PushSrcImpl for BgAudioSrc {
         drop(state);
 
         let rate = info.rate() as u64;
-        let timestamp_offset = match timestamp_offset {
-            Some(offset) => offset,
-            None => self.first_running_time(),
-        };
-        let pts = timestamp_offset + frames_to_time(sample_offset, rate);
-        // Let a GstController on `volume` update it for this buffer.
-        let _ = self.obj().sync_values(pts);
+        // Let a GstController on `volume` update it for this buffer. (Before the first buffer
+        // of a live run the offset is not known yet; the controller sees the stream from 0.)
+        let _ = self.obj().sync_values(
+            timestamp_offset.unwrap_or(gst::ClockTime::ZERO) + frames_to_time(sample_offset, rate),
+        );
         let settings = self.settings().clone();
 
         let mut state = self.state();
@@ -532,6 +549,13 @@ impl PushSrcImpl for BgAudioSrc {
             Envelope::new(settings.volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
         });
         if fade_out_pending {
+            gst::info!(
+                CAT,
+                imp = self,
+                "Fading out over {} from frame {}, then EOS",
+                settings.fade_out,
+                sample_offset
+            );
             envelope.fade_out(sample_offset, time_to_frames(settings.fade_out, rate));
         }
         envelope.set_volume(settings.volume, sample_offset);
@@ -573,6 +597,13 @@ impl PushSrcImpl for BgAudioSrc {
             gst::debug!(CAT, imp = self, "End of file at frame {}, EOS", position);
             return Err(gst::FlowError::Eos);
         }
+        // Read the clock only now that the first buffer is filled: the first pass may have
+        // waited for the decoder, and the buffer must not be stamped in the past.
+        let timestamp_offset = match timestamp_offset {
+            Some(offset) => offset,
+            None => self.first_running_time(),
+        };
+        let pts = timestamp_offset + frames_to_time(sample_offset, rate);
 
         {
             let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
@@ -756,24 +787,21 @@ impl BgAudioSrc {
     }
 
     /// The `fade-out` action signal: fade out from the next buffer on, then EOS.
+    ///
+    /// Only marks the request: the next `create` starts the fade at its own first frame, so a
+    /// buffer being built while the signal comes is never skipped by the fade.
     fn start_fade_out(&self) {
-        let fade_out = self.settings().fade_out;
         let mut state = self.state();
-        let at = state.sample_offset;
-        let rate = state.info.as_ref().map(|i| i.rate() as u64);
-        match (state.envelope.as_mut(), rate) {
-            (Some(envelope), Some(rate)) => {
-                envelope.fade_out(at, time_to_frames(fade_out, rate));
-            }
-            _ => state.fade_out_pending = true,
+        if state.decoder.is_none() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "Fade-out asked for while not running: ignored"
+            );
+            return;
         }
-        gst::info!(
-            CAT,
-            imp = self,
-            "Fading out over {} from frame {}, then EOS",
-            fade_out,
-            at
-        );
+        state.fade_out_pending = true;
+        gst::info!(CAT, imp = self, "Fade-out asked for");
     }
 
     fn log_loop(&self, frames: u64) {
