@@ -15,7 +15,7 @@ use gst::glib;
 
 mod bgaudiosrc;
 
-pub use bgaudiosrc::{BgAudioSrc, BgAudioSrcMode};
+pub use bgaudiosrc::{cache_usage, BgAudioSrc, BgAudioSrcMode, CacheUsage};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     bgaudiosrc::register(plugin)

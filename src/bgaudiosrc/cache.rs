@@ -121,6 +121,14 @@ impl PcmCache {
         self.frozen.get().map(|f| f.frames)
     }
 
+    /// The decoder's failure, if it failed.
+    pub fn failed(&self) -> Option<gst::ErrorMessage> {
+        match &self.lock().status {
+            Status::Failed(err) => Some(err.clone()),
+            Status::Filling => None,
+        }
+    }
+
     /// Frames decoded so far.
     pub fn frames(&self) -> u64 {
         match self.frozen.get() {

@@ -13,6 +13,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use super::cache::{PcmCache, ReadError};
 use super::decoder::{Decoder, NativeFormat};
 use super::gain::{self, Envelope};
+use super::registry::{self, CacheKey, Entry, FileId};
 use super::BgAudioSrcMode;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -67,7 +68,13 @@ impl Default for Settings {
 struct State {
     decoder: Option<Decoder>,
     native: Option<NativeFormat>,
-    cache: Option<Arc<PcmCache>>,
+    /// The file on disk, when the location is a local file: part of the shared cache's key.
+    file: Option<FileId>,
+    /// The decoded copy this element plays, shared with every element playing the same file
+    /// in the same format.
+    entry: Option<Arc<Entry>>,
+    /// The entry's decode chain was shut down after the cache completed.
+    decoder_released: bool,
     info: Option<gst_audio::AudioInfo>,
     frames_per_buffer: usize,
     /// Next frame to read from the file (the cache).
@@ -327,7 +334,7 @@ impl BaseSrcImpl for BgAudioSrc {
                 ("No location set: set the 'location' property to a file path or URI")
             ));
         };
-        let uri = location_to_uri(&location)?;
+        let (uri, file) = location_to_uri(&location)?;
         gst::debug!(CAT, imp = self, "Opening {}", uri);
 
         let (decoder, native) = Decoder::open(&uri, &location)?;
@@ -342,6 +349,7 @@ impl BaseSrcImpl for BgAudioSrc {
         *self.state() = State {
             decoder: Some(decoder),
             native: Some(native),
+            file,
             ..State::default()
         };
         self.flushing.store(false, Ordering::SeqCst);
@@ -350,8 +358,8 @@ impl BaseSrcImpl for BgAudioSrc {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let old = std::mem::take(&mut *self.state());
-        if let Some(cache) = &old.cache {
-            cache.wake();
+        if let Some(entry) = &old.entry {
+            entry.cache.wake();
         }
         // Shuts the private pipeline down, outside our lock.
         drop(old);
@@ -428,23 +436,41 @@ impl BaseSrcImpl for BgAudioSrc {
                 current.channels()
             ));
         }
-        let Some(mut decoder) = state.decoder.take() else {
+        let Some(decoder) = state.decoder.take() else {
             return Err(gst::loggable_error!(CAT, "Not started"));
         };
+        let file = state.file.clone();
         drop(state);
 
         gst::debug!(CAT, imp = self, "Output caps {}", caps);
-        let cache = Arc::new(PcmCache::new(info.rate(), info.channels()));
-        let started = decoder.start_output(&info, cache.clone());
+        let key = file.map(|file| CacheKey {
+            file,
+            rate: info.rate(),
+            channels: info.channels(),
+            channel_mask: caps
+                .structure(0)
+                .and_then(|s| s.get::<gst::Bitmask>("channel-mask").ok())
+                .map_or(0, |m| *m),
+        });
+        let obtained = registry::obtain(key, &info, decoder, |decoder, entry| {
+            decoder.start_output(&info, entry.cache.clone())
+        });
+        let (entry, new) = match obtained {
+            Ok(obtained) => obtained,
+            Err(err) => {
+                self.post_error_message(err);
+                return Err(gst::loggable_error!(CAT, "Could not start decoding"));
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "{} decoded copy",
+            if new { "Made a new" } else { "Sharing a" }
+        );
 
         let mut state = self.state();
-        state.decoder = Some(decoder);
-        if let Err(err) = started {
-            drop(state);
-            self.post_error_message(err);
-            return Err(gst::loggable_error!(CAT, "Could not start decoding"));
-        }
-        state.cache = Some(cache);
+        state.entry = Some(entry);
         state.info = Some(info);
         state.frames_per_buffer = frames_per_buffer;
         Ok(())
@@ -474,13 +500,15 @@ impl BaseSrcImpl for BgAudioSrc {
                     return true;
                 }
                 let state = self.state();
-                let from_cache = state.cache.as_ref().and_then(|c| {
+                let cache = state.entry.as_ref().map(|e| &e.cache);
+                let from_cache = cache.and_then(|c| {
                     c.complete_frames()
                         .and_then(|f| f.mul_div_floor(*gst::ClockTime::SECOND, c.rate() as u64))
                         .map(gst::ClockTime::from_nseconds)
                 });
-                let duration =
-                    from_cache.or_else(|| state.decoder.as_ref().and_then(|d| d.duration()));
+                let duration = from_cache
+                    .or_else(|| state.entry.as_ref().and_then(|e| e.duration()))
+                    .or_else(|| state.decoder.as_ref().and_then(|d| d.duration()));
                 drop(state);
                 if let Some(duration) = duration {
                     q.set(duration);
@@ -501,8 +529,8 @@ impl BaseSrcImpl for BgAudioSrc {
         if let Some(id) = self.clock_id().take() {
             id.unschedule();
         }
-        if let Some(cache) = self.state().cache.clone() {
-            cache.wake();
+        if let Some(entry) = self.state().entry.clone() {
+            entry.cache.wake();
         }
         Ok(())
     }
@@ -519,16 +547,23 @@ impl PushSrcImpl for BgAudioSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let state = self.state();
-        let (Some(info), Some(cache)) = (state.info.clone(), state.cache.clone()) else {
+        let mut state = self.state();
+        let (Some(info), Some(entry)) = (state.info.clone(), state.entry.clone()) else {
             drop(state);
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Have no caps yet"));
             return Err(gst::FlowError::NotNegotiated);
         };
+        let cache = &entry.cache;
+        let release_decoder = !state.decoder_released && cache.complete_frames().is_some();
+        state.decoder_released |= release_decoder;
         let (mut frames_per_buffer, mut position, sample_offset) =
             (state.frames_per_buffer, state.position, state.sample_offset);
         let timestamp_offset = state.timestamp_offset;
         drop(state);
+        if release_decoder {
+            // The file is decoded: its private pipeline and threads are no longer needed.
+            entry.release_decoder();
+        }
 
         let rate = info.rate() as u64;
         // Let a GstController on `volume` update it for this buffer. (Before the first buffer
@@ -574,10 +609,10 @@ impl PushSrcImpl for BgAudioSrc {
         let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
         let (mut buffer, frames) = match gain {
             Some(g) if g == 1.0 && cache.complete_frames().is_some() => {
-                self.fill_shared(&cache, &mut position, frames_per_buffer, settings.do_loop)?
+                self.fill_shared(cache, &mut position, frames_per_buffer, settings.do_loop)?
             }
             Some(g) => self.fill_copied(
-                &cache,
+                cache,
                 &mut position,
                 frames_per_buffer,
                 bpf,
@@ -585,7 +620,7 @@ impl PushSrcImpl for BgAudioSrc {
                 Gain::Constant(g),
             )?,
             None => self.fill_copied(
-                &cache,
+                cache,
                 &mut position,
                 frames_per_buffer,
                 bpf,
@@ -792,7 +827,8 @@ impl BgAudioSrc {
     /// buffer being built while the signal comes is never skipped by the fade.
     fn start_fade_out(&self) {
         let mut state = self.state();
-        if state.decoder.is_none() {
+        // Between start and stop the element holds its decode chain or its decoded copy.
+        if state.decoder.is_none() && state.entry.is_none() {
             gst::warning!(
                 CAT,
                 imp = self,
@@ -846,12 +882,13 @@ fn as_samples_mut(bytes: &mut [u8]) -> Option<&mut [i16]> {
     (head.is_empty() && tail.is_empty()).then_some(samples)
 }
 
-/// Turns the `location` property into a URI for uridecodebin. Local files are checked here so
-/// that the usual mistakes get the same clear errors as `filesrc` gives.
-fn location_to_uri(location: &str) -> Result<String, gst::ErrorMessage> {
+/// Turns the `location` property into a URI for uridecodebin, with the file's identity when it
+/// is a local file. Local files are checked here so that the usual mistakes get the same clear
+/// errors as `filesrc` gives.
+fn location_to_uri(location: &str) -> Result<(String, Option<FileId>), gst::ErrorMessage> {
     let path = if has_uri_scheme(location) {
         if !location.starts_with("file:") {
-            return Ok(location.to_owned());
+            return Ok((location.to_owned(), None));
         }
         match glib::filename_from_uri(location) {
             Ok((path, _)) => path,
@@ -904,8 +941,13 @@ fn location_to_uri(location: &str) -> Result<String, gst::ErrorMessage> {
             ("Could not resolve '{}': {}", location, err)
         )
     })?;
+    let file = FileId {
+        path: std::fs::canonicalize(&absolute).unwrap_or_else(|_| absolute.clone()),
+        size: metadata.len(),
+        modified: metadata.modified().ok(),
+    };
     glib::filename_to_uri(&absolute, None)
-        .map(|uri| uri.to_string())
+        .map(|uri| (uri.to_string(), Some(file)))
         .map_err(|err| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,

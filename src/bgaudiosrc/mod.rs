@@ -10,6 +10,9 @@ mod cache;
 mod decoder;
 mod gain;
 mod imp;
+mod registry;
+
+pub use registry::{usage as cache_usage, CacheUsage};
 
 /// How the element behaves in its pipeline.
 #[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]

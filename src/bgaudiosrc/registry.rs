@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+//! One decoded copy per file and output format per process.
+//!
+//! Every `bgaudiosrc` that plays the same file at the same rate, channel count and channel layout
+//! holds the same `Entry`: one `PcmCache`, filled by one decode chain. The key includes the
+//! file's size and modification time, so a file changed on disk is a new entry. The registry only
+//! holds weak references: an entry, its samples and its decode chain are freed when the last
+//! element lets go of it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::SystemTime;
+
+use super::cache::PcmCache;
+use super::decoder::Decoder;
+use super::imp::CAT;
+
+/// The file as it is on disk: what makes two locations the same audio.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+/// One decoded copy: a file in one output format.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub file: FileId,
+    pub rate: u32,
+    pub channels: u32,
+    pub channel_mask: u64,
+}
+
+/// A shared decoded copy and the decode chain that fills it.
+#[derive(Debug)]
+pub struct Entry {
+    pub cache: Arc<PcmCache>,
+    /// The decode chain while it fills the cache; dropped once the cache is complete (or with
+    /// the entry), which shuts its private pipeline down.
+    decoder: Mutex<Option<Decoder>>,
+    key: Option<CacheKey>,
+}
+
+impl Entry {
+    fn decoder(&self) -> MutexGuard<'_, Option<Decoder>> {
+        self.decoder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shuts the decode chain down once the cache is complete. Call it from a thread that is
+    /// not one of the decode chain's own.
+    pub fn release_decoder(&self) {
+        if self.cache.complete_frames().is_none() {
+            return;
+        }
+        let decoder = self.decoder().take();
+        if decoder.is_some() {
+            gst::debug!(CAT, "Cache complete, shutting its decoder down");
+        }
+        drop(decoder);
+    }
+
+    /// The decoder's idea of the file's length, while it runs.
+    pub fn duration(&self) -> Option<gst::ClockTime> {
+        self.decoder().as_ref().and_then(|d| d.duration())
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let mut map = registry();
+        // The slot may already hold a newer entry for the same key: only remove a dead one.
+        if map.get(&key).is_some_and(|w| w.strong_count() == 0) {
+            map.remove(&key);
+        }
+        gst::debug!(CAT, "Released the decoded copy of {:?}", key.file.path);
+    }
+}
+
+static REGISTRY: LazyLock<Mutex<HashMap<CacheKey, Weak<Entry>>>> = LazyLock::new(Default::default);
+
+fn registry() -> MutexGuard<'static, HashMap<CacheKey, Weak<Entry>>> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The entry for `key`, shared with the elements already playing it, or a new one started
+/// with `decoder` (which `start` sets to fill the cache). With no key (a stream that is not a
+/// local file) the entry is private. Returns whether the entry is new.
+pub fn obtain(
+    key: Option<CacheKey>,
+    info: &gst_audio::AudioInfo,
+    decoder: Decoder,
+    start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
+) -> Result<(Arc<Entry>, bool), gst::ErrorMessage> {
+    let new_entry = |key: Option<CacheKey>| {
+        Arc::new(Entry {
+            cache: Arc::new(PcmCache::new(info.rate(), info.channels())),
+            decoder: Mutex::new(None),
+            key,
+        })
+    };
+    let Some(key) = key else {
+        let entry = new_entry(None);
+        start_entry(&entry, decoder, start)?;
+        return Ok((entry, true));
+    };
+
+    // The lock is held while a new entry starts, so two elements starting together on the
+    // same file do not both decode it. Entries are only ever dropped after it is released:
+    // dropping the last reference takes the lock again (`Entry::drop`).
+    let mut map = registry();
+    let existing = map.get(&key).and_then(Weak::upgrade);
+    if let Some(entry) = existing.as_ref().filter(|e| e.cache.failed().is_none()) {
+        let entry = entry.clone();
+        drop(map);
+        gst::debug!(CAT, "Sharing the decoded copy of {:?}", key.file.path);
+        // Our own decode chain is not needed.
+        drop(decoder);
+        return Ok((entry, false));
+    }
+    let entry = new_entry(Some(key.clone()));
+    let started = start_entry(&entry, decoder, start);
+    if started.is_ok() {
+        map.insert(key, Arc::downgrade(&entry));
+    }
+    drop(map);
+    drop(existing);
+    started.map(|()| (entry, true))
+}
+
+fn start_entry(
+    entry: &Arc<Entry>,
+    mut decoder: Decoder,
+    start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
+) -> Result<(), gst::ErrorMessage> {
+    start(&mut decoder, entry)?;
+    *entry.decoder() = Some(decoder);
+    Ok(())
+}
+
+/// How much decoded audio the process holds in shared caches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Decoded copies alive (files × output formats).
+    pub entries: usize,
+    /// Bytes of decoded S16 they hold.
+    pub bytes: u64,
+}
+
+/// The decoded copies held by the process now, for monitoring memory.
+pub fn usage() -> CacheUsage {
+    let entries: Vec<Arc<Entry>> = registry().values().filter_map(Weak::upgrade).collect();
+    CacheUsage {
+        entries: entries.len(),
+        bytes: entries.iter().map(|e| e.cache.byte_size()).sum(),
+    }
+}

@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+//! One decoded copy per file and format per process: elements playing the same file share it,
+//! a changed file or another format is a new copy, and the copy is freed with its last user.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The tests here count the process's cache entries, so they run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn clip(name: &str, freq: f64) -> PathBuf {
+    let path = fixture_dir("shared_cache").join(name);
+    make_sine(&path, 44_100, 2, freq, 44_000, "vorbisenc ! oggmux");
+    path
+}
+
+/// A looping element into an appsink, started and left running until dropped.
+struct Player {
+    pipeline: gst::Pipeline,
+    samples: Arc<Mutex<Vec<i16>>>,
+    /// Data pointer of the first memory of each buffer, by file position.
+    pointers: Arc<Mutex<Vec<(u64, usize)>>>,
+}
+
+impl Player {
+    fn start(path: &Path, caps: &str) -> Player {
+        let pipeline = gst::parse::launch(&format!(
+            "bgaudiosrc location=\"{}\" loop=true ! {caps} ! appsink name=sink sync=false \
+             max-buffers=1",
+            path.display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let samples: Arc<Mutex<Vec<i16>>> = Arc::default();
+        let pointers: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        let (samples_cb, pointers_cb) = (samples.clone(), pointers.clone());
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                    let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                    let mut samples = samples_cb.lock().unwrap();
+                    if samples.len() >= 400_000 {
+                        return Ok(gst::FlowSuccess::Ok);
+                    }
+                    let first = buffer.peek_memory(0).map_readable().unwrap().as_ptr() as usize;
+                    pointers_cb.lock().unwrap().push((buffer.offset(), first));
+                    let map = buffer.map_readable().unwrap();
+                    samples.extend(
+                        map.chunks_exact(2)
+                            .map(|b| i16::from_ne_bytes([b[0], b[1]])),
+                    );
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Player {
+            pipeline,
+            samples,
+            pointers,
+        }
+    }
+
+    /// Waits until `n` samples arrived and returns them.
+    fn samples(&self, n: usize) -> Vec<i16> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let samples = self.samples.lock().unwrap();
+            if samples.len() >= n {
+                return samples[..n].to_vec();
+            }
+            drop(samples);
+            assert!(std::time::Instant::now() < deadline, "no samples");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+#[test]
+fn two_elements_on_one_file_share_one_decoded_copy() {
+    let _serial = serial();
+    init();
+    let path = clip("shared.ogg", 440.0);
+    assert_eq!(gstbgaudio::cache_usage().entries, 0);
+
+    let a = Player::start(&path, &s16(""));
+    let b = Player::start(&path, &s16(""));
+    // Both loop several times over: the same samples.
+    let (sa, sb) = (a.samples(300_000), b.samples(300_000));
+    assert_eq!(sa, sb);
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!(usage.entries, 1);
+    // 44000 frames of stereo S16 (a Vorbis decode may add a few frames of padding).
+    assert!((176_000..180_000).contains(&usage.bytes), "{usage:?}");
+
+    // At volume 1.0 both hand out the cache's own memory: once the copy is complete, the same
+    // file position is the same memory in both.
+    let (pa, pb) = (
+        a.pointers.lock().unwrap().clone(),
+        b.pointers.lock().unwrap().clone(),
+    );
+    let len = (usage.bytes / 4) as u64;
+    let late = |p: &[(u64, usize)]| -> Vec<(u64, usize)> {
+        let mut v: Vec<(u64, usize)> = p
+            .iter()
+            .filter(|(off, _)| *off >= 2 * len)
+            .map(|(off, ptr)| (off % len, *ptr))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (la, lb) = (late(&pa), late(&pb));
+    let common: Vec<_> = la.iter().filter(|x| lb.contains(x)).collect();
+    assert!(!common.is_empty(), "no shared memory seen");
+
+    drop((a, b));
+    assert_eq!(gstbgaudio::cache_usage(), gstbgaudio::CacheUsage::default());
+}
+
+#[test]
+fn another_format_is_another_copy() {
+    let _serial = serial();
+    init();
+    let path = clip("formats.ogg", 330.0);
+    let a = Player::start(&path, &s16(""));
+    let b = Player::start(&path, &s16(",rate=16000,channels=1"));
+    let c = Player::start(&path, &s16(",rate=16000,channels=1"));
+    a.samples(1000);
+    assert_eq!(b.samples(50_000), c.samples(50_000));
+    assert_eq!(gstbgaudio::cache_usage().entries, 2);
+    drop((a, b, c));
+    assert_eq!(gstbgaudio::cache_usage().entries, 0);
+}
+
+#[test]
+fn a_changed_file_is_a_new_copy_and_the_old_one_is_freed() {
+    let _serial = serial();
+    init();
+    let low = clip("low.ogg", 220.0);
+    let high = clip("high.ogg", 880.0);
+    let path = fixture_dir("shared_cache").join("changing.ogg");
+    std::fs::copy(&low, &path).unwrap();
+
+    let a = Player::start(&path, &s16(""));
+    let before = a.samples(100_000);
+    // The file changes on disk while `a` plays it: a new element decodes the new content.
+    std::fs::copy(&high, &path).unwrap();
+    let b = Player::start(&path, &s16(""));
+    let after = b.samples(100_000);
+    assert_ne!(before, after);
+    assert_eq!(gstbgaudio::cache_usage().entries, 2);
+    // `a` keeps its own copy of what it started with.
+    assert_eq!(a.samples(100_000), before);
+    drop(a);
+    assert_eq!(gstbgaudio::cache_usage().entries, 1);
+    drop(b);
+    assert_eq!(gstbgaudio::cache_usage().entries, 0);
+}
