@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+//! Whole-pipeline benchmark: bgaudiosrc against GStreamer's floor and the stock ways of looping
+//! a file, in the same run, at 48 kHz stereo S16 with 20 ms buffers.
+//!
+//!     cargo run --release --example bench            # everything (about 3 minutes)
+//!     cargo run --release --example bench -- quick   # shorter runs, fewer instances
+//!
+//! Each scenario runs in a child process of its own (this program started again with the
+//! scenario's name), so CPU time and resident memory are that scenario's alone. CPU time is
+//! user + system from /proc/self/stat over a steady-state window that starts after a warm-up;
+//! resident memory is VmRSS from /proc/self/status.
+//!
+//! Scenarios:
+//! - `sync`: N instances, each `SOURCE ! fakesink sync=true`, in real time. SOURCE is
+//!   `audiotestsrc wave=silence samplesperbuffer=960` (the floor), `bgaudiosrc loop=true
+//!   volume=0.5` on the shipped clip, the segment-seek loop (`filesrc ! decodebin ! audioconvert !
+//!   audioresample ! volume`, seeked back on SEGMENT_DONE) or `multifilesrc loop=true ! decodebin
+//!   ! …`. Reported as CPU per instance-second.
+//! - `unsynced`: one instance, one hour of 20 ms buffers into `fakesink sync=false`.
+//! - `memory`: N instances looping the same 3-minute MP3; resident memory once decoded.
+//! - `first-buffer`: N instances of the 3-minute MP3 started at once, from each one's
+//!   set_state(PLAYING) to its first buffer.
+
+use gst::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error>;
+
+const CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    gst::init()?;
+    gstbgaudio::plugin_register_static()?;
+    match args.first().map(String::as_str) {
+        Some("scenario") => scenario(&args[1..]),
+        Some("quick") => run_all(true),
+        None => run_all(false),
+        Some(other) => Err(format!("unknown argument {other:?}").into()),
+    }
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn clip() -> PathBuf {
+    manifest_dir().join("assets").join("ambience.ogg")
+}
+
+/// A 3-minute stereo MP3 at 44.1 kHz, encoded once into target/.
+fn long_mp3() -> Result<PathBuf, Error> {
+    let dir = manifest_dir().join("target").join("bench-media");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("three-minutes.mp3");
+    if !path.exists() {
+        let tmp = path.with_extension("part");
+        let pipeline = gst::parse::launch(&format!(
+            "audiomixer name=m ! audio/x-raw,rate=44100,channels=2 ! audioconvert ! lamemp3enc \
+             ! filesink location={} \
+             audiotestsrc freq=220 volume=0.3 num-buffers=7938 samplesperbuffer=1000 ! m. \
+             audiotestsrc freq=277 volume=0.2 num-buffers=7938 samplesperbuffer=1000 ! m.",
+            tmp.display()
+        ))?;
+        run_to_eos(&pipeline)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+fn run_to_eos(pipeline: &gst::Element) -> Result<(), Error> {
+    pipeline.set_state(gst::State::Playing)?;
+    let bus = pipeline.bus().ok_or("no bus")?;
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(600),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    pipeline.set_state(gst::State::Null)?;
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(format!("{}", e.error()).into()),
+        _ => Err("no EOS".into()),
+    }
+}
+
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The source part of one instance's pipeline, for a synced or unsynced scenario.
+fn source(kind: &str, location: &Path, volume: f64) -> String {
+    let location = location.display();
+    match kind {
+        "floor" => "audiotestsrc wave=silence samplesperbuffer=960".to_owned(),
+        "bgaudiosrc" => format!("bgaudiosrc location={location} loop=true volume={volume}"),
+        "segment-seek" => format!(
+            "filesrc location={location} ! decodebin ! audioconvert ! audioresample \
+             ! volume volume={volume}"
+        ),
+        "multifilesrc" => format!(
+            "multifilesrc location={location} loop=true ! decodebin ! audioconvert \
+             ! audioresample ! volume volume={volume}"
+        ),
+        other => panic!("unknown source {other}"),
+    }
+}
+
+/// Runs one scenario in this process and prints one line `key=value ...` for the parent.
+fn scenario(args: &[String]) -> Result<(), Error> {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match arg(0).as_str() {
+        "sync" => {
+            let (kind, n, seconds): (String, usize, u64) = (arg(1), arg(2).parse()?, arg(3).parse()?);
+            let pipelines = (0..n)
+                .map(|_| {
+                    gst::parse::launch(&format!(
+                        "{} ! {CAPS} ! fakesink sync=true",
+                        source(&kind, &clip(), 0.5)
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let segment_loop = kind == "segment-seek";
+            for p in &pipelines {
+                p.set_state(gst::State::Paused)?;
+            }
+            for p in &pipelines {
+                let _ = p.state(gst::ClockTime::from_seconds(10));
+                if segment_loop {
+                    p.seek_simple(
+                        gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT,
+                        gst::ClockTime::ZERO,
+                    )?;
+                }
+                p.set_state(gst::State::Playing)?;
+            }
+            let start = Instant::now();
+            let warmup = Duration::from_secs(3);
+            let mut cpu_start = None;
+            while start.elapsed() < warmup + Duration::from_secs(seconds) {
+                if cpu_start.is_none() && start.elapsed() >= warmup {
+                    cpu_start = Some((cpu_time(), Instant::now()));
+                }
+                for p in &pipelines {
+                    let bus = p.bus().ok_or("no bus")?;
+                    while let Some(msg) = bus.pop() {
+                        match msg.view() {
+                            gst::MessageView::Error(e) => {
+                                return Err(format!("{kind}: {}", e.error()).into())
+                            }
+                            gst::MessageView::SegmentDone(_) => {
+                                p.seek_simple(gst::SeekFlags::SEGMENT, gst::ClockTime::ZERO)?;
+                            }
+                            _ => (),
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (cpu0, t0) = cpu_start.ok_or("no window")?;
+            let cpu = cpu_time() - cpu0;
+            let wall = t0.elapsed().as_secs_f64();
+            for p in &pipelines {
+                p.set_state(gst::State::Null)?;
+            }
+            println!(
+                "cpu_ms_per_instance_second={:.4} rss_mb={:.1}",
+                cpu.as_secs_f64() * 1e3 / (n as f64 * wall),
+                rss_bytes() as f64 / 1e6
+            );
+        }
+        "unsynced" => {
+            let (kind, buffers): (String, u64) = (arg(1), arg(2).parse()?);
+            let pipeline = gst::parse::launch(&format!(
+                "{} num-buffers={buffers} ! {CAPS} ! fakesink sync=false",
+                source(&kind, &clip(), 0.5)
+            ))?;
+            // Start-up (and, for bgaudiosrc, decoding the first pass) is part of the figure.
+            let cpu0 = cpu_time();
+            run_to_eos(&pipeline)?;
+            println!("cpu_s={:.3}", (cpu_time() - cpu0).as_secs_f64());
+        }
+        "memory" => {
+            let n: usize = arg(1).parse()?;
+            let mp3 = long_mp3()?;
+            let base = rss_bytes();
+            let pipelines = (0..n)
+                .map(|_| {
+                    gst::parse::launch(&format!(
+                        "bgaudiosrc location={} loop=true ! {CAPS} ! fakesink sync=true",
+                        mp3.display()
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for p in &pipelines {
+                p.set_state(gst::State::Playing)?;
+            }
+            // Wait until the shared copy is complete (its size stops growing).
+            let mut last = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let bytes = gstbgaudio::cache_usage().bytes;
+                if bytes == last && bytes > 0 {
+                    break;
+                }
+                last = bytes;
+            }
+            let usage = gstbgaudio::cache_usage();
+            println!(
+                "rss_growth_mb={:.1} cache_entries={} cache_mb={:.1}",
+                (rss_bytes().saturating_sub(base)) as f64 / 1e6,
+                usage.entries,
+                usage.bytes as f64 / 1e6
+            );
+            for p in &pipelines {
+                p.set_state(gst::State::Null)?;
+            }
+        }
+        "first-buffer" => {
+            let n: usize = arg(1).parse()?;
+            let mp3 = long_mp3()?;
+            let latencies = Arc::new(Mutex::new(Vec::new()));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let pipeline = gst::parse::launch(&format!(
+                        "bgaudiosrc location={} ! {CAPS} ! fakesink name=sink sync=true",
+                        mp3.display()
+                    ));
+                    let latencies = latencies.clone();
+                    std::thread::spawn(move || -> Result<gst::Element, String> {
+                        let pipeline = pipeline.map_err(|e| e.to_string())?;
+                        let bin = pipeline.downcast_ref::<gst::Bin>().ok_or("not a bin")?;
+                        let pad = bin
+                            .by_name("sink")
+                            .and_then(|s| s.static_pad("sink"))
+                            .ok_or("no sink pad")?;
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        let tx = Mutex::new(Some(tx));
+                        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                                let _ = tx.send(Instant::now());
+                            }
+                            gst::PadProbeReturn::Ok
+                        });
+                        let started = Instant::now();
+                        pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+                        let first = rx
+                            .recv_timeout(Duration::from_secs(10))
+                            .map_err(|e| e.to_string())?;
+                        latencies.lock().map_err(|e| e.to_string())?.push(first - started);
+                        Ok(pipeline)
+                    })
+                })
+                .collect();
+            let mut pipelines = Vec::new();
+            for t in threads {
+                pipelines.push(t.join().map_err(|_| "thread panicked")??);
+            }
+            for p in &pipelines {
+                p.set_state(gst::State::Null)?;
+            }
+            let mut l = latencies.lock().map_err(|e| e.to_string())?.clone();
+            l.sort();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "median_ms={:.2} max_ms={:.2}",
+                ms(l[l.len() / 2]),
+                ms(l[l.len() - 1])
+            );
+        }
+        other => return Err(format!("unknown scenario {other:?}").into()),
+    }
+    Ok(())
+}
+
+/// Runs a scenario in a child process and returns its `key=value` figures.
+fn child(args: &[&str]) -> Result<Vec<(String, f64)>, Error> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe).arg("scenario").args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "scenario {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    Ok(line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
+        .collect())
+}
+
+fn get(figures: &[(String, f64)], key: &str) -> f64 {
+    figures
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| *v)
+        .unwrap_or(f64::NAN)
+}
+
+fn run_all(quick: bool) -> Result<(), Error> {
+    let (n, stock_n, seconds) = if quick { (50, 10, 5) } else { (200, 20, 20) };
+    let hour_buffers = if quick { 18_000 } else { 180_000 };
+    let (mem_n, fb_n) = if quick { (20, 10) } else { (100, 50) };
+    long_mp3()?;
+    println!("bgaudiosrc benchmark, 48 kHz stereo S16, 20 ms buffers, {} cores", num_cores());
+    println!();
+
+    println!("1. Real-time looping, `SOURCE ! fakesink sync=true`, volume 0.5, {seconds} s window");
+    let floor = child(&["sync", "floor", &n.to_string(), &seconds.to_string()])?;
+    let floor_cpu = get(&floor, "cpu_ms_per_instance_second");
+    let mut rows = vec![("audiotestsrc wave=silence (floor)", n, floor.clone())];
+    rows.push((
+        "bgaudiosrc loop=true",
+        n,
+        child(&["sync", "bgaudiosrc", &n.to_string(), &seconds.to_string()])?,
+    ));
+    rows.push((
+        "segment-seek loop (filesrc ! decodebin ! …)",
+        stock_n,
+        child(&["sync", "segment-seek", &stock_n.to_string(), &seconds.to_string()])?,
+    ));
+    rows.push((
+        "multifilesrc loop=true ! decodebin ! …",
+        stock_n,
+        child(&["sync", "multifilesrc", &stock_n.to_string(), &seconds.to_string()])?,
+    ));
+    println!("| source | instances | CPU ms per instance-second | × floor | RSS MB |");
+    println!("|---|---|---|---|---|");
+    for (name, count, f) in &rows {
+        let cpu = get(f, "cpu_ms_per_instance_second");
+        println!(
+            "| {name} | {count} | {cpu:.3} | {:.2} | {:.0} |",
+            cpu / floor_cpu,
+            get(f, "rss_mb")
+        );
+    }
+    println!();
+
+    let hours = hour_buffers as f64 / 180_000.0;
+    println!("2. Unsynced replay, one instance, {hours} h of 20 ms buffers, volume 0.5");
+    let floor = get(&child(&["unsynced", "floor", &hour_buffers.to_string()])?, "cpu_s");
+    let ours = get(&child(&["unsynced", "bgaudiosrc", &hour_buffers.to_string()])?, "cpu_s");
+    println!("| source | CPU s | × floor |");
+    println!("|---|---|---|");
+    println!("| audiotestsrc wave=silence (floor) | {floor:.3} | 1.00 |");
+    println!("| bgaudiosrc loop=true | {ours:.3} | {:.2} |", ours / floor);
+    println!();
+
+    println!("3. Memory, {mem_n} instances looping one 3-minute MP3");
+    let mem = child(&["memory", &mem_n.to_string()])?;
+    println!(
+        "resident memory growth {:.1} MB; shared copies {}, {:.1} MB of decoded audio",
+        get(&mem, "rss_growth_mb"),
+        get(&mem, "cache_entries"),
+        get(&mem, "cache_mb")
+    );
+    println!();
+
+    println!("4. First buffer after set_state(PLAYING), 3-minute MP3");
+    for count in [1, fb_n] {
+        let f = child(&["first-buffer", &count.to_string()])?;
+        println!(
+            "{count} instance(s) started at once: median {:.1} ms, max {:.1} ms",
+            get(&f, "median_ms"),
+            get(&f, "max_ms")
+        );
+    }
+    Ok(())
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
