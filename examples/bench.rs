@@ -135,7 +135,8 @@ fn scenario(args: &[String]) -> Result<(), Error> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     match arg(0).as_str() {
         "sync" => {
-            let (kind, n, seconds): (String, usize, u64) = (arg(1), arg(2).parse()?, arg(3).parse()?);
+            let (kind, n, seconds): (String, usize, u64) =
+                (arg(1), arg(2).parse()?, arg(3).parse()?);
             let pipelines = (0..n)
                 .map(|_| {
                     gst::parse::launch(&format!(
@@ -267,11 +268,16 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                             gst::PadProbeReturn::Ok
                         });
                         let started = Instant::now();
-                        pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+                        pipeline
+                            .set_state(gst::State::Playing)
+                            .map_err(|e| e.to_string())?;
                         let first = rx
                             .recv_timeout(Duration::from_secs(10))
                             .map_err(|e| e.to_string())?;
-                        latencies.lock().map_err(|e| e.to_string())?.push(first - started);
+                        latencies
+                            .lock()
+                            .map_err(|e| e.to_string())?
+                            .push(first - started);
                         Ok(pipeline)
                     })
                 })
@@ -330,7 +336,10 @@ fn run_all(quick: bool) -> Result<(), Error> {
     let hour_buffers = if quick { 18_000 } else { 180_000 };
     let (mem_n, fb_n) = if quick { (20, 10) } else { (100, 50) };
     long_mp3()?;
-    println!("bgaudiosrc benchmark, 48 kHz stereo S16, 20 ms buffers, {} cores", num_cores());
+    println!(
+        "bgaudiosrc benchmark, 48 kHz stereo S16, 20 ms buffers, {} cores",
+        num_cores()
+    );
     println!();
 
     println!("1. Real-time looping, `SOURCE ! fakesink sync=true`, volume 0.5, {seconds} s window");
@@ -345,12 +354,22 @@ fn run_all(quick: bool) -> Result<(), Error> {
     rows.push((
         "segment-seek loop (filesrc ! decodebin ! …)",
         stock_n,
-        child(&["sync", "segment-seek", &stock_n.to_string(), &seconds.to_string()])?,
+        child(&[
+            "sync",
+            "segment-seek",
+            &stock_n.to_string(),
+            &seconds.to_string(),
+        ])?,
     ));
     rows.push((
         "multifilesrc loop=true ! decodebin ! …",
         stock_n,
-        child(&["sync", "multifilesrc", &stock_n.to_string(), &seconds.to_string()])?,
+        child(&[
+            "sync",
+            "multifilesrc",
+            &stock_n.to_string(),
+            &seconds.to_string(),
+        ])?,
     ));
     println!("| source | instances | CPU ms per instance-second | × floor | RSS MB |");
     println!("|---|---|---|---|---|");
@@ -366,8 +385,14 @@ fn run_all(quick: bool) -> Result<(), Error> {
 
     let hours = hour_buffers as f64 / 180_000.0;
     println!("2. Unsynced replay, one instance, {hours} h of 20 ms buffers, volume 0.5");
-    let floor = get(&child(&["unsynced", "floor", &hour_buffers.to_string()])?, "cpu_s");
-    let ours = get(&child(&["unsynced", "bgaudiosrc", &hour_buffers.to_string()])?, "cpu_s");
+    let floor = get(
+        &child(&["unsynced", "floor", &hour_buffers.to_string()])?,
+        "cpu_s",
+    );
+    let ours = get(
+        &child(&["unsynced", "bgaudiosrc", &hour_buffers.to_string()])?,
+        "cpu_s",
+    );
     println!("| source | CPU s | × floor |");
     println!("|---|---|---|");
     println!("| audiotestsrc wave=silence (floor) | {floor:.3} | 1.00 |");

@@ -70,6 +70,9 @@ struct State {
     native: Option<NativeFormat>,
     /// The file on disk, when the location is a local file: part of the shared cache's key.
     file: Option<FileId>,
+    /// The URI to decode and the location as the user gave it (for messages).
+    uri: String,
+    location: String,
     /// The decoded copy this element plays, shared with every element playing the same file
     /// in the same format.
     entry: Option<Arc<Entry>>,
@@ -337,19 +340,35 @@ impl BaseSrcImpl for BgAudioSrc {
         let (uri, file) = location_to_uri(&location)?;
         gst::debug!(CAT, imp = self, "Opening {}", uri);
 
-        let (decoder, native) = Decoder::open(&uri, &location)?;
+        // When another element already decodes this file, its format is known: no need to
+        // open the file again, and no decode chain unless this element needs a format of its own.
+        let known = file.as_ref().and_then(registry::known_native);
+        let (decoder, native) = match known {
+            Some(native) => (None, native),
+            None => {
+                let (decoder, native) = Decoder::open(&uri, &location)?;
+                (Some(decoder), native)
+            }
+        };
         gst::info!(
             CAT,
             imp = self,
-            "'{}' decodes to {} Hz, {} channels",
+            "'{}' decodes to {} Hz, {} channels{}",
             location,
             native.rate,
-            native.channels
+            native.channels,
+            if known.is_some() {
+                " (known from a running copy)"
+            } else {
+                ""
+            }
         );
         *self.state() = State {
-            decoder: Some(decoder),
+            decoder,
             native: Some(native),
             file,
+            uri,
+            location,
             ..State::default()
         };
         self.flushing.store(false, Ordering::SeqCst);
@@ -436,10 +455,15 @@ impl BaseSrcImpl for BgAudioSrc {
                 current.channels()
             ));
         }
-        let Some(decoder) = state.decoder.take() else {
+        let Some(native) = state.native else {
             return Err(gst::loggable_error!(CAT, "Not started"));
         };
-        let file = state.file.clone();
+        let decoder = state.decoder.take();
+        let (file, uri, location) = (
+            state.file.clone(),
+            state.uri.clone(),
+            state.location.clone(),
+        );
         drop(state);
 
         gst::debug!(CAT, imp = self, "Output caps {}", caps);
@@ -452,9 +476,16 @@ impl BaseSrcImpl for BgAudioSrc {
                 .and_then(|s| s.get::<gst::Bitmask>("channel-mask").ok())
                 .map_or(0, |m| *m),
         });
-        let obtained = registry::obtain(key, &info, decoder, |decoder, entry| {
-            decoder.start_output(&info, entry.cache.clone())
-        });
+        let obtained = registry::obtain(
+            key,
+            &info,
+            native,
+            || match decoder {
+                Some(decoder) => Ok(decoder),
+                None => Decoder::open(&uri, &location).map(|(decoder, _)| decoder),
+            },
+            |decoder, entry| decoder.start_output(&info, entry.cache.clone()),
+        );
         let (entry, new) = match obtained {
             Ok(obtained) => obtained,
             Err(err) => {
@@ -827,8 +858,8 @@ impl BgAudioSrc {
     /// buffer being built while the signal comes is never skipped by the fade.
     fn start_fade_out(&self) {
         let mut state = self.state();
-        // Between start and stop the element holds its decode chain or its decoded copy.
-        if state.decoder.is_none() && state.entry.is_none() {
+        // `native` is known from start to stop.
+        if state.native.is_none() {
             gst::warning!(
                 CAT,
                 imp = self,

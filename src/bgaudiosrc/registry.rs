@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use super::cache::PcmCache;
-use super::decoder::Decoder;
+use super::decoder::{Decoder, NativeFormat};
 use super::imp::CAT;
 
 /// The file as it is on disk: what makes two locations the same audio.
@@ -40,6 +40,8 @@ pub struct Entry {
     /// The decode chain while it fills the cache; dropped once the cache is complete (or with
     /// the entry), which shuts its private pipeline down.
     decoder: Mutex<Option<Decoder>>,
+    /// The file's own format, before conversion.
+    native: NativeFormat,
     key: Option<CacheKey>,
 }
 
@@ -87,25 +89,28 @@ fn registry() -> MutexGuard<'static, HashMap<CacheKey, Weak<Entry>>> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The entry for `key`, shared with the elements already playing it, or a new one started
-/// with `decoder` (which `start` sets to fill the cache). With no key (a stream that is not a
-/// local file) the entry is private. Returns whether the entry is new.
+/// The entry for `key`, shared with the elements already playing it, or a new one whose decode
+/// chain `decoder` gives (it is only called when no entry exists) and `start` sets to fill the
+/// cache. With no key (a stream that is not a local file) the entry is private. Returns whether
+/// the entry is new.
 pub fn obtain(
     key: Option<CacheKey>,
     info: &gst_audio::AudioInfo,
-    decoder: Decoder,
+    native: NativeFormat,
+    decoder: impl FnOnce() -> Result<Decoder, gst::ErrorMessage>,
     start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
 ) -> Result<(Arc<Entry>, bool), gst::ErrorMessage> {
     let new_entry = |key: Option<CacheKey>| {
         Arc::new(Entry {
             cache: Arc::new(PcmCache::new(info.rate(), info.channels())),
             decoder: Mutex::new(None),
+            native,
             key,
         })
     };
     let Some(key) = key else {
         let entry = new_entry(None);
-        start_entry(&entry, decoder, start)?;
+        start_entry(&entry, decoder()?, start)?;
         return Ok((entry, true));
     };
 
@@ -118,18 +123,28 @@ pub fn obtain(
         let entry = entry.clone();
         drop(map);
         gst::debug!(CAT, "Sharing the decoded copy of {:?}", key.file.path);
-        // Our own decode chain is not needed.
-        drop(decoder);
         return Ok((entry, false));
     }
     let entry = new_entry(Some(key.clone()));
-    let started = start_entry(&entry, decoder, start);
+    let started = decoder().and_then(|decoder| start_entry(&entry, decoder, start));
     if started.is_ok() {
         map.insert(key, Arc::downgrade(&entry));
     }
     drop(map);
     drop(existing);
     started.map(|()| (entry, true))
+}
+
+/// The decoded format of `file` when an element already decodes it: a new element on the same
+/// file can then negotiate without opening the file again.
+pub fn known_native(file: &FileId) -> Option<NativeFormat> {
+    let entries: Vec<Arc<Entry>> = registry()
+        .iter()
+        .filter(|(key, _)| key.file == *file)
+        .filter_map(|(_, weak)| weak.upgrade())
+        .collect();
+    // Dropped outside the lock (see `obtain`).
+    entries.first().map(|e| e.native)
 }
 
 fn start_entry(
