@@ -63,6 +63,16 @@ impl Default for Settings {
     }
 }
 
+/// The settings `create` needs, copied out once per buffer without allocating.
+#[derive(Debug, Clone, Copy)]
+struct Playout {
+    volume: f64,
+    mode: BgAudioSrcMode,
+    do_loop: bool,
+    fade_in: gst::ClockTime,
+    fade_out: gst::ClockTime,
+}
+
 /// What exists between `start` and `stop`.
 #[derive(Debug, Default)]
 struct State {
@@ -502,8 +512,11 @@ impl BaseSrcImpl for BgAudioSrc {
 
         let mut state = self.state();
         state.entry = Some(entry);
+        let bpf = info.bpf();
         state.info = Some(info);
         state.frames_per_buffer = frames_per_buffer;
+        drop(state);
+        self.obj().set_blocksize(frames_per_buffer as u32 * bpf);
         Ok(())
     }
 
@@ -602,7 +615,7 @@ impl PushSrcImpl for BgAudioSrc {
         let _ = self.obj().sync_values(
             timestamp_offset.unwrap_or(gst::ClockTime::ZERO) + frames_to_time(sample_offset, rate),
         );
-        let settings = self.settings().clone();
+        let settings = self.playout();
 
         let mut state = self.state();
         let fade_out_pending = std::mem::take(&mut state.fade_out_pending);
@@ -741,11 +754,26 @@ impl BgAudioSrc {
         gain: Gain,
     ) -> Result<(gst::Buffer, usize), gst::FlowError> {
         let channels = bpf / 2;
-        let mut buffer =
-            gst::Buffer::with_size(frames_per_buffer * bpf).map_err(|_| gst::FlowError::Error)?;
+        // From the buffer pool the base class set up in its allocation query (sized by the
+        // blocksize set in `set_caps`): buffers are reused instead of allocated every 20 ms.
+        let size = frames_per_buffer * bpf;
+        let pooled = self
+            .obj()
+            .buffer_pool()
+            .and_then(|pool| pool.acquire_buffer(None).ok());
+        let mut buffer = match pooled {
+            Some(buffer) => buffer,
+            None => gst::Buffer::with_size(size).map_err(|_| gst::FlowError::Error)?,
+        };
         let mut frames = 0usize;
         {
             let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
+            if buffer.size() != size {
+                if buffer.maxsize() < size {
+                    return Err(gst::FlowError::Error);
+                }
+                buffer.set_size(size);
+            }
             let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
             let out = as_samples_mut(map.as_mut_slice()).ok_or(gst::FlowError::Error)?;
             let mut written = 0usize;
@@ -878,6 +906,17 @@ impl BgAudioSrc {
             "End of file after {} frames, looping",
             frames
         );
+    }
+
+    fn playout(&self) -> Playout {
+        let s = self.settings();
+        Playout {
+            volume: s.volume,
+            mode: s.mode,
+            do_loop: s.do_loop,
+            fade_in: s.fade_in,
+            fade_out: s.fade_out,
+        }
     }
 
     fn settings(&self) -> MutexGuard<'_, Settings> {
