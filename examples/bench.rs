@@ -130,6 +130,22 @@ fn source(kind: &str, location: &Path, volume: f64) -> String {
     }
 }
 
+/// A server has its plugins loaded already: load them with one throwaway run on another MP3
+/// (so the measured file is neither probed nor cached yet).
+fn warm_up(mp3: &Path) -> Result<(), Error> {
+    let warmup = mp3.with_file_name("warm-up.mp3");
+    if !warmup.exists() {
+        run_to_eos(&gst::parse::launch(&format!(
+            "audiotestsrc num-buffers=40 ! lamemp3enc ! filesink location={}",
+            warmup.display()
+        ))?)?;
+    }
+    run_to_eos(&gst::parse::launch(&format!(
+        "bgaudiosrc location={} num-buffers=1 ! {CAPS} ! fakesink",
+        warmup.display()
+    ))?)
+}
+
 /// Runs one scenario in this process and prints one line `key=value ...` for the parent.
 fn scenario(args: &[String]) -> Result<(), Error> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -208,6 +224,7 @@ fn scenario(args: &[String]) -> Result<(), Error> {
         "memory" => {
             let n: usize = arg(1).parse()?;
             let mp3 = long_mp3()?;
+            warm_up(&mp3)?;
             let base = rss_bytes();
             let pipelines = (0..n)
                 .map(|_| {
@@ -232,7 +249,8 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             }
             let usage = gstbgaudio::cache_usage();
             println!(
-                "rss_growth_mb={:.1} cache_entries={} cache_mb={:.1}",
+                "rss_mb={:.1} rss_growth_mb={:.1} cache_entries={} cache_mb={:.1}",
+                rss_bytes() as f64 / 1e6,
                 (rss_bytes().saturating_sub(base)) as f64 / 1e6,
                 usage.entries,
                 usage.bytes as f64 / 1e6
@@ -244,12 +262,7 @@ fn scenario(args: &[String]) -> Result<(), Error> {
         "first-buffer" => {
             let n: usize = arg(1).parse()?;
             let mp3 = long_mp3()?;
-            // A server has its plugins loaded already: load them with one throwaway run (on
-            // another file, so the MP3 is not cached yet), then measure.
-            run_to_eos(&gst::parse::launch(&format!(
-                "bgaudiosrc location={} num-buffers=1 ! fakesink",
-                clip().display()
-            ))?)?;
+            warm_up(&mp3)?;
             let latencies = Arc::new(Mutex::new(Vec::new()));
             let threads: Vec<_> = (0..n)
                 .map(|_| {
@@ -408,7 +421,9 @@ fn run_all(quick: bool) -> Result<(), Error> {
     println!("3. Memory, {mem_n} instances looping one 3-minute MP3");
     let mem = child(&["memory", &mem_n.to_string()])?;
     println!(
-        "resident memory growth {:.1} MB; shared copies {}, {:.1} MB of decoded audio",
+        "resident memory {:.1} MB, growth over the warmed-up process {:.1} MB; shared copies {}, \
+         {:.1} MB of decoded audio",
+        get(&mem, "rss_mb"),
         get(&mem, "rss_growth_mb"),
         get(&mem, "cache_entries"),
         get(&mem, "cache_mb")

@@ -350,16 +350,11 @@ impl BaseSrcImpl for BgAudioSrc {
         let (uri, file) = location_to_uri(&location)?;
         gst::debug!(CAT, imp = self, "Opening {}", uri);
 
-        // When another element already decodes this file, its format is known: no need to
-        // open the file again, and no decode chain unless this element needs a format of its own.
-        let known = file.as_ref().and_then(registry::known_native);
-        let (decoder, native) = match known {
-            Some(native) => (None, native),
-            None => {
-                let (decoder, native) = Decoder::open(&uri, &location)?;
-                (Some(decoder), native)
-            }
-        };
+        // A file probed before (by any element of the process) is not opened again: without a
+        // decode chain of its own, the element shares the decoded copy, or opens one in
+        // `set_caps` if it needs a format nobody decodes yet.
+        let (decoder, native) = registry::probe(file.as_ref(), || Decoder::open(&uri, &location))?;
+        let known = decoder.is_none();
         gst::info!(
             CAT,
             imp = self,
@@ -367,8 +362,8 @@ impl BaseSrcImpl for BgAudioSrc {
             location,
             native.rate,
             native.channels,
-            if known.is_some() {
-                " (known from a running copy)"
+            if known {
+                " (known from an earlier probe)"
             } else {
                 ""
             }
@@ -465,7 +460,7 @@ impl BaseSrcImpl for BgAudioSrc {
                 current.channels()
             ));
         }
-        let Some(native) = state.native else {
+        if state.native.is_none() {
             return Err(gst::loggable_error!(CAT, "Not started"));
         };
         let decoder = state.decoder.take();
@@ -489,7 +484,6 @@ impl BaseSrcImpl for BgAudioSrc {
         let obtained = registry::obtain(
             key,
             &info,
-            native,
             || match decoder {
                 Some(decoder) => Ok(decoder),
                 None => Decoder::open(&uri, &location).map(|(decoder, _)| decoder),

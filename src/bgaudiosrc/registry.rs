@@ -40,8 +40,6 @@ pub struct Entry {
     /// The decode chain while it fills the cache; dropped once the cache is complete (or with
     /// the entry), which shuts its private pipeline down.
     decoder: Mutex<Option<Decoder>>,
-    /// The file's own format, before conversion.
-    native: NativeFormat,
     key: Option<CacheKey>,
 }
 
@@ -96,7 +94,6 @@ fn registry() -> MutexGuard<'static, HashMap<CacheKey, Weak<Entry>>> {
 pub fn obtain(
     key: Option<CacheKey>,
     info: &gst_audio::AudioInfo,
-    native: NativeFormat,
     decoder: impl FnOnce() -> Result<Decoder, gst::ErrorMessage>,
     start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
 ) -> Result<(Arc<Entry>, bool), gst::ErrorMessage> {
@@ -104,7 +101,6 @@ pub fn obtain(
         Arc::new(Entry {
             cache: Arc::new(PcmCache::new(info.rate(), info.channels())),
             decoder: Mutex::new(None),
-            native,
             key,
         })
     };
@@ -135,16 +131,49 @@ pub fn obtain(
     started.map(|()| (entry, true))
 }
 
-/// The decoded format of `file` when an element already decodes it: a new element on the same
-/// file can then negotiate without opening the file again.
-pub fn known_native(file: &FileId) -> Option<NativeFormat> {
-    let entries: Vec<Arc<Entry>> = registry()
-        .iter()
-        .filter(|(key, _)| key.file == *file)
-        .filter_map(|(_, weak)| weak.upgrade())
-        .collect();
-    // Dropped outside the lock (see `obtain`).
-    entries.first().map(|e| e.native)
+/// Decoded formats of files probed before, by file identity (path, size, mtime), so a stale
+/// record is never used. Bounded: cleared when it reaches `MAX_NATIVE` files.
+static NATIVE: LazyLock<Mutex<HashMap<FileId, NativeFormat>>> = LazyLock::new(Default::default);
+const MAX_NATIVE: usize = 1024;
+/// One lock per file being probed, so elements starting together on one file probe it once.
+static PROBING: LazyLock<Mutex<HashMap<FileId, Arc<Mutex<()>>>>> = LazyLock::new(Default::default);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The decoded format of the file, and the decode chain `open` made to learn it (`None` when
+/// the format was known: a file probed before by any element of the process is not opened
+/// again, and elements starting together on one file wait for one probe).
+pub fn probe(
+    file: Option<&FileId>,
+    open: impl FnOnce() -> Result<(Decoder, NativeFormat), gst::ErrorMessage>,
+) -> Result<(Option<Decoder>, NativeFormat), gst::ErrorMessage> {
+    let Some(file) = file else {
+        return open().map(|(decoder, native)| (Some(decoder), native));
+    };
+    let gate = lock(&PROBING).entry(file.clone()).or_default().clone();
+    let probed = {
+        let _probing = lock(&gate);
+        let known = lock(&NATIVE).get(file).copied();
+        match known {
+            Some(native) => Ok((None, native)),
+            None => open().map(|(decoder, native)| {
+                let mut natives = lock(&NATIVE);
+                if natives.len() >= MAX_NATIVE {
+                    natives.clear();
+                }
+                natives.insert(file.clone(), native);
+                (Some(decoder), native)
+            }),
+        }
+    };
+    let mut probing = lock(&PROBING);
+    // The map's reference and ours: nobody else waits on this file.
+    if Arc::strong_count(&gate) == 2 {
+        probing.remove(file);
+    }
+    probed
 }
 
 fn start_entry(
