@@ -73,6 +73,14 @@ struct Filling {
     tail: Vec<i16>,
     frames: u64,
     status: Status,
+    /// Bounded mode: chunks dropped from the front since the start.
+    first_chunk: u64,
+    /// Bounded mode: the reader's position; chunks before it are dropped.
+    read_pos: u64,
+    /// Bounded mode: the decoder reached the end of the file (until `restart`).
+    pass_ended: bool,
+    /// The decoder is shutting down: writes return at once.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -89,6 +97,9 @@ pub struct PcmCache {
     filling: Mutex<Filling>,
     cond: Condvar,
     frozen: OnceLock<Frozen>,
+    /// Bounded (streaming) mode: at most this many chunks are held; the writer waits for the
+    /// reader, and the end of the file is a pass that `restart` begins again instead of a freeze.
+    bounded: Option<usize>,
 }
 
 impl PcmCache {
@@ -99,7 +110,24 @@ impl PcmCache {
             filling: Mutex::new(Filling::default()),
             cond: Condvar::new(),
             frozen: OnceLock::new(),
+            bounded: None,
         }
+    }
+
+    /// A window over a stream that is too long to keep: at most `max_bytes` (rounded up to
+    /// two chunks) of decoded audio are held at any time, for one reader. The writer waits
+    /// while the window is full, so memory stays flat however long the file is.
+    pub fn bounded(rate: u32, channels: u32, max_bytes: u64) -> Self {
+        let chunk_bytes = (CHUNK_FRAMES * channels.max(1) as usize * 2) as u64;
+        let chunks = max_bytes.div_ceil(chunk_bytes).max(2) as usize;
+        PcmCache {
+            bounded: Some(chunks),
+            ..PcmCache::new(rate, channels)
+        }
+    }
+
+    pub fn is_bounded(&self) -> bool {
+        self.bounded.is_some()
     }
 
     pub fn rate(&self) -> u32 {
@@ -142,7 +170,8 @@ impl PcmCache {
         self.frames() * self.channels as u64 * 2
     }
 
-    /// Appends native-endian interleaved S16 bytes (whole frames). Called by the decoder.
+    /// Appends native-endian interleaved S16 bytes (whole frames). Called by the decoder; in
+    /// bounded mode it waits while the window is full.
     pub fn push_bytes(&self, bytes: &[u8]) {
         if self.frozen.get().is_some() {
             return;
@@ -152,30 +181,55 @@ impl PcmCache {
         let mut samples = bytes
             .chunks_exact(2)
             .map(|b| i16::from_ne_bytes([b[0], b[1]]));
-        let mut added = 0usize;
         loop {
+            if let Some(max_chunks) = self.bounded {
+                while filling.chunks.len() >= max_chunks && !filling.closed {
+                    filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            if filling.closed {
+                return;
+            }
             if filling.tail.capacity() == 0 {
                 filling.tail = Vec::with_capacity(chunk_samples);
             }
             let room = chunk_samples - filling.tail.len();
             let before = filling.tail.len();
             filling.tail.extend(samples.by_ref().take(room));
-            added += filling.tail.len() - before;
+            let added = filling.tail.len() - before;
+            // Visible to readers at once: a bounded writer may wait for them below.
+            filling.frames += (added / self.channels) as u64;
+            self.cond.notify_all();
             if filling.tail.len() < chunk_samples {
                 break;
             }
             let full = std::mem::take(&mut filling.tail);
             filling.chunks.push(Chunk::new(full));
         }
-        filling.frames += (added / self.channels) as u64;
-        drop(filling);
+    }
+
+    /// Shuts writes off (a waiting writer returns): the decoder is going away.
+    pub fn close(&self) {
+        self.lock().closed = true;
         self.cond.notify_all();
+    }
+
+    /// Bounded mode: the decoder starts the file again; the next pass continues the stream.
+    pub fn restart(&self) {
+        self.lock().pass_ended = false;
     }
 
     /// Marks the end of the decoded data: the cache is immutable from now on.
     pub fn finish(&self) {
         let mut filling = self.lock();
         if let Status::Failed(_) = filling.status {
+            return;
+        }
+        if self.bounded.is_some() {
+            // The end of one pass, not of the data: readers see it once they catch up.
+            filling.pass_ended = true;
+            drop(filling);
+            self.cond.notify_all();
             return;
         }
         let mut chunks = std::mem::take(&mut filling.chunks);
@@ -233,6 +287,7 @@ impl PcmCache {
             return Ok(Self::read_chunks(
                 &frozen.chunks,
                 &[],
+                0,
                 frozen.frames,
                 self.channels,
                 pos,
@@ -241,12 +296,16 @@ impl PcmCache {
             ));
         }
         let mut filling = self.lock();
+        if self.bounded.is_some() {
+            self.consume_until(&mut filling, pos);
+        }
         loop {
             if let Some(frozen) = self.frozen.get() {
                 drop(filling);
                 return Ok(Self::read_chunks(
                     &frozen.chunks,
                     &[],
+                    0,
                     frozen.frames,
                     self.channels,
                     pos,
@@ -258,6 +317,7 @@ impl PcmCache {
                 return Ok(Self::read_chunks(
                     &filling.chunks,
                     &filling.tail,
+                    filling.first_chunk,
                     filling.frames,
                     self.channels,
                     pos,
@@ -267,6 +327,9 @@ impl PcmCache {
             }
             if let Status::Failed(ref err) = filling.status {
                 return Err(ReadError::Failed(err.clone()));
+            }
+            if filling.pass_ended {
+                return Ok(0);
             }
             if cancelled() {
                 return Err(ReadError::Cancelled);
@@ -303,9 +366,23 @@ impl PcmCache {
         Some(frames)
     }
 
+    /// Bounded mode: drops the chunks the reader has passed and wakes a waiting writer.
+    fn consume_until(&self, filling: &mut Filling, pos: u64) {
+        filling.read_pos = filling.read_pos.max(pos);
+        let passed = (filling.read_pos / CHUNK_FRAMES as u64).saturating_sub(filling.first_chunk);
+        let passed = (passed as usize).min(filling.chunks.len());
+        if passed > 0 {
+            filling.chunks.drain(..passed);
+            filling.first_chunk += passed as u64;
+            self.cond.notify_all();
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn read_chunks(
         chunks: &[Chunk],
         tail: &[i16],
+        first_chunk: u64,
         total_frames: u64,
         channels: usize,
         pos: u64,
@@ -316,7 +393,7 @@ impl PcmCache {
             return 0;
         }
         let frames = (max_frames as u64).min(total_frames - pos) as usize;
-        let mut chunk = (pos / CHUNK_FRAMES as u64) as usize;
+        let mut chunk = (pos / CHUNK_FRAMES as u64 - first_chunk) as usize;
         let mut offset = (pos % CHUNK_FRAMES as u64) as usize * channels;
         let mut left = frames * channels;
         while left > 0 {

@@ -30,6 +30,8 @@ pub struct NativeFormat {
     pub rate: i32,
     pub channels: i32,
     pub channel_mask: Option<u64>,
+    /// The file's length, when the decoder can tell it up front.
+    pub duration: Option<gst::ClockTime>,
 }
 
 #[derive(Debug, Default)]
@@ -213,7 +215,8 @@ impl Decoder {
         drop(probe);
 
         match result {
-            Ok(native) => {
+            Ok(mut native) => {
+                native.duration = decoder.duration();
                 gst::debug!(CAT, "'{}' decodes to {:?}", location, native);
                 Ok((decoder, native))
             }
@@ -292,6 +295,7 @@ impl Decoder {
                 rate: s.get::<i32>("rate").unwrap_or(48_000),
                 channels: s.get::<i32>("channels").unwrap_or(2),
                 channel_mask: s.get::<gst::Bitmask>("channel-mask").ok().map(|m| *m),
+                duration: None,
             };
             if let Err(err) = pad.link(&sink) {
                 shared.on_error(gst::error_msg!(
@@ -409,7 +413,31 @@ impl Decoder {
         self.pipeline.query_duration::<gst::ClockTime>()
     }
 
+    /// Starts the file again from its beginning (a flushing seek), for the next pass of a
+    /// file too long to cache.
+    pub fn rewind(&self) -> Result<(), gst::ErrorMessage> {
+        self.pipeline
+            .seek_simple(
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::ClockTime::ZERO,
+            )
+            .map_err(|_| {
+                gst::error_msg!(
+                    gst::ResourceError::Seek,
+                    (
+                        "Could not seek back to the start of '{}' to loop it",
+                        self.shared.location
+                    )
+                )
+            })
+    }
+
     fn shutdown(&mut self) {
+        // A writer waiting for room in a bounded cache must not hold the streaming thread.
+        let cache = self.shared.lock().cache.clone();
+        if let Some(cache) = cache {
+            cache.close();
+        }
         // Going to NULL deactivates the pads, which also releases a blocked streaming thread.
         let _ = self.pipeline.set_state(gst::State::Null);
         if let Some((pad, id)) = self.block.take() {

@@ -37,6 +37,9 @@ const MAX_FADE: gst::ClockTime = gst::ClockTime::from_seconds(10);
 /// How long a volume change takes: short enough to feel immediate, long enough that no change
 /// makes an audible step (zipper noise).
 const VOLUME_RAMP: gst::ClockTime = gst::ClockTime::from_mseconds(10);
+const DEFAULT_MAX_CACHE_SIZE: u64 = 64 * 1024 * 1024;
+/// The window a file too long to cache is streamed through.
+const STREAM_WINDOW_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -47,6 +50,7 @@ struct Settings {
     buffer_duration: gst::ClockTime,
     fade_in: gst::ClockTime,
     fade_out: gst::ClockTime,
+    max_cache_size: u64,
 }
 
 impl Default for Settings {
@@ -59,6 +63,7 @@ impl Default for Settings {
             buffer_duration: DEFAULT_BUFFER_DURATION,
             fade_in: DEFAULT_FADE_IN,
             fade_out: DEFAULT_FADE_OUT,
+            max_cache_size: DEFAULT_MAX_CACHE_SIZE,
         }
     }
 }
@@ -186,6 +191,17 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_FADE_OUT.nseconds())
                     .mutable_playing()
                     .build(),
+                /// Files that decode to more than this are not cached: they loop by seeking the
+                /// decoder back to their start, through a small window, so memory stays flat.
+                glib::ParamSpecUInt64::builder("max-cache-size")
+                    .nick("Maximum cache size")
+                    .blurb(
+                        "Largest decoded size in bytes kept in memory; longer files loop by \
+                         seeking the decoder instead",
+                    )
+                    .default_value(DEFAULT_MAX_CACHE_SIZE)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -270,6 +286,15 @@ impl ObjectImpl for BgAudioSrc {
                     gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
                 gst::info!(CAT, imp = self, "Fade-out set to {}", settings.fade_out);
             }
+            "max-cache-size" => {
+                settings.max_cache_size = value.get().expect("type checked upstream");
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "Max cache size {}",
+                    settings.max_cache_size
+                );
+            }
             _ => unimplemented!(),
         }
     }
@@ -284,6 +309,7 @@ impl ObjectImpl for BgAudioSrc {
             "buffer-duration" => settings.buffer_duration.nseconds().to_value(),
             "fade-in-duration" => settings.fade_in.nseconds().to_value(),
             "fade-out-duration" => settings.fade_out.nseconds().to_value(),
+            "max-cache-size" => settings.max_cache_size.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -460,7 +486,7 @@ impl BaseSrcImpl for BgAudioSrc {
                 current.channels()
             ));
         }
-        if state.native.is_none() {
+        let Some(native) = state.native else {
             return Err(gst::loggable_error!(CAT, "Not started"));
         };
         let decoder = state.decoder.take();
@@ -481,9 +507,31 @@ impl BaseSrcImpl for BgAudioSrc {
                 .and_then(|s| s.get::<gst::Bitmask>("channel-mask").ok())
                 .map_or(0, |m| *m),
         });
+        // A file that decodes to more than max-cache-size is streamed through a small window.
+        let max_cache_size = self.settings().max_cache_size;
+        let decoded_bytes = native.duration.and_then(|d| {
+            d.nseconds().mul_div_ceil(
+                info.rate() as u64 * info.bpf() as u64,
+                *gst::ClockTime::SECOND,
+            )
+        });
+        let bounded = decoded_bytes
+            .filter(|bytes| *bytes > max_cache_size)
+            .map(|_| STREAM_WINDOW_BYTES);
+        if let Some(bytes) = decoded_bytes.filter(|_| bounded.is_some()) {
+            gst::info!(
+                CAT,
+                imp = self,
+                "'{}' decodes to {} bytes, over max-cache-size {}: streaming, looping by seeking",
+                location,
+                bytes,
+                max_cache_size
+            );
+        }
         let obtained = registry::obtain(
             key,
             &info,
+            bounded,
             || match decoder {
                 Some(decoder) => Ok(decoder),
                 None => Decoder::open(&uri, &location).map(|(decoder, _)| decoder),
@@ -650,7 +698,7 @@ impl PushSrcImpl for BgAudioSrc {
                 self.fill_shared(cache, &mut position, frames_per_buffer, settings.do_loop)?
             }
             Some(g) => self.fill_copied(
-                cache,
+                &entry,
                 &mut position,
                 frames_per_buffer,
                 bpf,
@@ -658,7 +706,7 @@ impl PushSrcImpl for BgAudioSrc {
                 Gain::Constant(g),
             )?,
             None => self.fill_copied(
-                cache,
+                &entry,
                 &mut position,
                 frames_per_buffer,
                 bpf,
@@ -740,13 +788,14 @@ impl BgAudioSrc {
     /// volume while copying out of the cache. Waits for the decoder during the first pass.
     fn fill_copied(
         &self,
-        cache: &PcmCache,
+        entry: &Entry,
         position: &mut u64,
         frames_per_buffer: usize,
         bpf: usize,
         do_loop: bool,
         gain: Gain,
     ) -> Result<(gst::Buffer, usize), gst::FlowError> {
+        let cache = &entry.cache;
         let channels = bpf / 2;
         // From the buffer pool the base class set up in its allocation query (sized by the
         // blocksize set in `set_caps`): buffers are reused instead of allocated every 20 ms.
@@ -796,7 +845,10 @@ impl BgAudioSrc {
                     Ok(0) => {
                         if do_loop && *position > 0 {
                             self.log_loop(*position);
-                            *position = 0;
+                            if let Err(err) = self.next_pass(entry, position) {
+                                self.post_error_message(err);
+                                return Err(gst::FlowError::Error);
+                            }
                             continue;
                         }
                         break;
@@ -891,6 +943,17 @@ impl BgAudioSrc {
         }
         state.fade_out_pending = true;
         gst::info!(CAT, imp = self, "Fade-out asked for");
+    }
+
+    /// Starts the next loop: from the start of the complete cache, or, for a file too long to
+    /// cache, by seeking the decoder back (the stream's positions then keep counting).
+    fn next_pass(&self, entry: &Entry, position: &mut u64) -> Result<(), gst::ErrorMessage> {
+        if entry.cache.is_bounded() {
+            entry.rewind()
+        } else {
+            *position = 0;
+            Ok(())
+        }
     }
 
     fn log_loop(&self, frames: u64) {

@@ -61,6 +61,15 @@ impl Entry {
         drop(decoder);
     }
 
+    /// Bounded mode: starts the next pass over the file.
+    pub fn rewind(&self) -> Result<(), gst::ErrorMessage> {
+        self.cache.restart();
+        match self.decoder().as_ref() {
+            Some(decoder) => decoder.rewind(),
+            None => Ok(()),
+        }
+    }
+
     /// The decoder's idea of the file's length, while it runs.
     pub fn duration(&self) -> Option<gst::ClockTime> {
         self.decoder().as_ref().and_then(|d| d.duration())
@@ -94,17 +103,23 @@ fn registry() -> MutexGuard<'static, HashMap<CacheKey, Weak<Entry>>> {
 pub fn obtain(
     key: Option<CacheKey>,
     info: &gst_audio::AudioInfo,
+    bounded: Option<u64>,
     decoder: impl FnOnce() -> Result<Decoder, gst::ErrorMessage>,
     start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
 ) -> Result<(Arc<Entry>, bool), gst::ErrorMessage> {
     let new_entry = |key: Option<CacheKey>| {
+        let cache = match bounded {
+            Some(max_bytes) => PcmCache::bounded(info.rate(), info.channels(), max_bytes),
+            None => PcmCache::new(info.rate(), info.channels()),
+        };
         Arc::new(Entry {
-            cache: Arc::new(PcmCache::new(info.rate(), info.channels())),
+            cache: Arc::new(cache),
             decoder: Mutex::new(None),
             key,
         })
     };
-    let Some(key) = key else {
+    // A bounded cache is a window for one reader: never shared.
+    let Some(key) = key.filter(|_| bounded.is_none()) else {
         let entry = new_entry(None);
         start_entry(&entry, decoder()?, start)?;
         return Ok((entry, true));
