@@ -224,14 +224,11 @@ fn answers_duration_in_time_and_none_while_looping() {
 fn renegotiation_keeps_the_format_downstream_still_allows() {
     init();
     let path = clip("wav", "wavenc");
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc location=\"{}\" loop=true ! capsfilter name=f caps={} ! appsink name=sink",
         path.display(),
         s16(",rate=48000")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let filter = pipeline.by_name("f").unwrap();
     let pad = filter.static_pad("src").unwrap();
     let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -64,14 +64,11 @@ fn paused_to_ready_and_back_restarts_from_the_beginning() {
     let dir = fixture_dir("lifecycle");
     let path = dir.join("short.wav");
     make_sine(&path, 8_000, 1, 400.0, 4_000, "wavenc");
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc location=\"{}\" ! {} ! appsink name=sink",
         path.display(),
         s16("")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let first = collect_pipeline(&pipeline, None);
     let second = collect_pipeline(&pipeline, None);
     assert!(first.eos && second.eos);

@@ -37,14 +37,11 @@ fn a_long_file_loops_by_seeking_with_flat_memory() {
     let reference = Arc::new(reference.samples);
     let frames_per_pass = (reference.len() / 2) as u64;
 
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc location=\"{}\" loop=true max-cache-size=1000000 ! {caps} \
          ! appsink name=sink sync=false",
         path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let sink = pipeline
         .by_name("sink")
         .unwrap()

@@ -67,13 +67,10 @@ fn replays_share_the_cache_memory() {
     // same memory on every pass after the first, so nothing was decoded or copied again.
     init();
     let path = loop_clip();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc location=\"{}\" loop=true ! fakesink name=sink",
         path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let src_pad = pipeline
         .by_name("sink")
         .unwrap()
@@ -146,14 +143,11 @@ fn a_file_with_no_samples_ends_with_eos_even_when_looping() {
 fn loop_can_be_switched_off_while_playing() {
     init();
     let path = loop_clip();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc name=src location=\"{}\" loop=true ! {} ! appsink name=sink",
         path.display(),
         s16("")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let src = pipeline.by_name("src").unwrap();
     let sink = pipeline.by_name("sink").unwrap();
     let pad = sink.static_pad("sink").unwrap();

@@ -84,14 +84,11 @@ type Mixed = Arc<Mutex<Vec<(gst::ClockTime, Vec<i16>)>>>;
 /// `audiotestsrc is-live=true wave=silence ! audiomixer ! appsink`: a running live mix whose
 /// only sound is what bgaudiosrc adds.
 fn live_mix() -> (gst::Pipeline, gst::Element, Mixed) {
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "audiotestsrc is-live=true wave=silence samplesperbuffer=480 ! {caps} \
          ! audiomixer name=m ! {caps} ! appsink name=sink sync=false",
         caps = caps48()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let mixer = pipeline.by_name("m").unwrap();
     let mixed: Mixed = Arc::default();
     let sink = pipeline
@@ -291,14 +288,11 @@ fn fades_and_volume_ramps_bound_every_step() {
     init();
     const LEVEL: i16 = 16_000;
     let path = dc(LEVEL, 48_000);
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc name=bg mode=mixing loop=true location=\"{}\" \
          ! audio/x-raw,rate={RATE},channels=1 ! appsink name=sink",
         path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let bg = pipeline.by_name("bg").unwrap();
     // Drive the element from its own pad: turn the volume down after 200 ms of output, ask for
     // the fade-out after 400 ms.
@@ -380,14 +374,11 @@ fn a_non_looping_file_ends_its_pad_and_the_mixer_carries_on() {
 fn switching_mode_between_runs() {
     init();
     let path = sine();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = pipeline(&format!(
         "bgaudiosrc name=bg location=\"{}\" ! {} ! appsink name=sink",
         path.display(),
         caps48()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let bg = pipeline.by_name("bg").unwrap();
     let playback = collect_pipeline(&pipeline, None);
     assert!(playback.eos);
@@ -421,13 +412,10 @@ fn fade_out_from_another_thread_always_fades() {
     const LEVEL: i16 = 10_000;
     let path = dc(LEVEL, 4_800);
     for round in 0..20 {
-        let pipeline = gst::parse::launch(&format!(
+        let pipeline = pipeline(&format!(
             "bgaudiosrc name=bg loop=true volume=0.5 location=\"{}\" ! appsink name=sink",
             path.display()
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+        ));
         let bg = pipeline.by_name("bg").unwrap();
         let signaller = std::thread::spawn(move || {
             // A fade-out is for a running element: wait until it plays.

@@ -32,14 +32,11 @@ struct Player {
 
 impl Player {
     fn start(path: &Path, caps: &str) -> Player {
-        let pipeline = gst::parse::launch(&format!(
+        let pipeline = pipeline(&format!(
             "bgaudiosrc location=\"{}\" loop=true ! {caps} ! appsink name=sink sync=false \
              max-buffers=1",
             path.display()
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+        ));
         let samples: Arc<Mutex<Vec<i16>>> = Arc::default();
         let pointers: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
         let sink = pipeline

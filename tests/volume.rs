@@ -16,6 +16,15 @@ fn clip() -> PathBuf {
     path
 }
 
+/// The clip through a bgaudiosrc named `src` into an appsink named `sink`.
+fn clip_pipeline() -> gst::Pipeline {
+    pipeline(&format!(
+        "bgaudiosrc name=src location=\"{}\" ! {} ! appsink name=sink",
+        clip().display(),
+        s16("")
+    ))
+}
+
 fn play(volume: f64) -> Vec<i16> {
     let out = bgaudio(&clip(), &format!("volume={volume}"), &s16(""), None);
     assert!(out.eos, "volume {volume}: {:?}", out.error);
@@ -63,14 +72,7 @@ fn volume_zero_is_silence() {
 fn volume_change_while_playing_applies_to_later_buffers() {
     init();
     let unity = play(1.0);
-    let pipeline = gst::parse::launch(&format!(
-        "bgaudiosrc name=src location=\"{}\" ! {} ! appsink name=sink",
-        clip().display(),
-        s16("")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = clip_pipeline();
     let src = pipeline.by_name("src").unwrap();
     let pad = src.static_pad("src").unwrap();
     // Switch to 0.25 once the output passes frame 8000 (the buffer after that one is scaled).
@@ -151,14 +153,7 @@ fn volume_follows_a_controller_per_buffer() {
     use gst_controller::prelude::*;
     init();
     let unity = play(1.0);
-    let pipeline = gst::parse::launch(&format!(
-        "bgaudiosrc name=src location=\"{}\" ! {} ! appsink name=sink",
-        clip().display(),
-        s16("")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = clip_pipeline();
     let src = pipeline.by_name("src").unwrap();
     // Absolute values: 1.0 until 0.5 s, then 0.5 (step mode). 0.5 s is frame 8000, the start of
     // the 26th 20 ms buffer at 16 kHz.

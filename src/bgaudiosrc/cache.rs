@@ -284,16 +284,7 @@ impl PcmCache {
         mut visit: impl FnMut(&[i16]),
     ) -> Result<usize, ReadError> {
         if let Some(frozen) = self.frozen.get() {
-            return Ok(Self::read_chunks(
-                &frozen.chunks,
-                &[],
-                0,
-                frozen.frames,
-                self.channels,
-                pos,
-                max_frames,
-                &mut visit,
-            ));
+            return Ok(self.read_frozen(frozen, pos, max_frames, &mut visit));
         }
         let mut filling = self.lock();
         if self.bounded.is_some() {
@@ -302,16 +293,7 @@ impl PcmCache {
         loop {
             if let Some(frozen) = self.frozen.get() {
                 drop(filling);
-                return Ok(Self::read_chunks(
-                    &frozen.chunks,
-                    &[],
-                    0,
-                    frozen.frames,
-                    self.channels,
-                    pos,
-                    max_frames,
-                    &mut visit,
-                ));
+                return Ok(self.read_frozen(frozen, pos, max_frames, &mut visit));
             }
             if filling.frames > pos {
                 return Ok(Self::read_chunks(
@@ -364,6 +346,25 @@ impl PcmCache {
             offset = 0;
         }
         Some(frames)
+    }
+
+    fn read_frozen(
+        &self,
+        frozen: &Frozen,
+        pos: u64,
+        max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> usize {
+        Self::read_chunks(
+            &frozen.chunks,
+            &[],
+            0,
+            frozen.frames,
+            self.channels,
+            pos,
+            max_frames,
+            visit,
+        )
     }
 
     /// Bounded mode: drops the chunks the reader has passed and wakes a waiting writer.

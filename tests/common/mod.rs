@@ -25,6 +25,14 @@ pub fn fixture_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A pipeline from a gst-launch description.
+pub fn pipeline(desc: &str) -> gst::Pipeline {
+    gst::parse::launch(desc)
+        .expect("parse")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline")
+}
+
 /// Runs a pipeline description to EOS; panics on error or after 30 s.
 pub fn run(desc: &str) {
     let pipeline = gst::parse::launch(desc).expect("parse");
@@ -102,10 +110,7 @@ impl Output {
 /// Runs `desc` (which must end in `appsink name=sink`) until EOS, an error, or until
 /// `max_frames` frames arrived; collects samples and buffer metadata.
 pub fn collect(desc: &str, max_frames: Option<usize>) -> Output {
-    let pipeline = gst::parse::launch(desc)
-        .expect("parse")
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = pipeline(desc);
     let out = collect_pipeline(&pipeline, max_frames);
     pipeline.set_state(gst::State::Null).expect("null");
     out
