@@ -156,14 +156,31 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             let pipelines = (0..n)
                 .map(|_| {
                     gst::parse::launch(&format!(
-                        "{} ! {CAPS} ! fakesink sync=true",
+                        "{} ! {CAPS} ! fakesink name=sink sync=true",
                         source(&kind, &clip(), 0.5)
                     ))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let segment_loop = kind == "segment-seek";
+            // First buffer: from each pipeline's set_state to its first buffer at the sink.
+            let mut firsts = Vec::new();
             for p in &pipelines {
+                let first = Arc::new(Mutex::new(None::<Duration>));
+                let first_probe = first.clone();
+                let started = Instant::now();
+                let pad = p
+                    .downcast_ref::<gst::Bin>()
+                    .and_then(|b| b.by_name("sink"))
+                    .and_then(|s| s.static_pad("sink"))
+                    .ok_or("no sink pad")?;
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    if let Ok(mut first) = first_probe.lock() {
+                        first.get_or_insert_with(|| started.elapsed());
+                    }
+                    gst::PadProbeReturn::Remove
+                });
                 p.set_state(gst::State::Paused)?;
+                firsts.push(first);
             }
             for p in &pipelines {
                 let _ = p.state(gst::ClockTime::from_seconds(10));
@@ -204,10 +221,18 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             for p in &pipelines {
                 p.set_state(gst::State::Null)?;
             }
+            let mut firsts: Vec<Duration> = firsts
+                .iter()
+                .filter_map(|f| f.lock().ok().and_then(|f| *f))
+                .collect();
+            firsts.sort();
             println!(
-                "cpu_ms_per_instance_second={:.4} rss_mb={:.1}",
+                "cpu_ms_per_instance_second={:.4} rss_mb={:.1} first_buffer_ms={:.2}",
                 cpu.as_secs_f64() * 1e3 / (n as f64 * wall),
-                rss_bytes() as f64 / 1e6
+                rss_bytes() as f64 / 1e6,
+                firsts
+                    .get(firsts.len() / 2)
+                    .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
             );
         }
         "unsynced" => {
@@ -390,14 +415,18 @@ fn run_all(quick: bool) -> Result<(), Error> {
             &seconds.to_string(),
         ])?,
     ));
-    println!("| source | instances | CPU ms per instance-second | × floor | RSS MB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| source | instances | CPU ms per instance-second | × floor | RSS MB | \
+         first buffer ms (median) |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (name, count, f) in &rows {
         let cpu = get(f, "cpu_ms_per_instance_second");
         println!(
-            "| {name} | {count} | {cpu:.3} | {:.2} | {:.0} |",
+            "| {name} | {count} | {cpu:.3} | {:.2} | {:.0} | {:.1} |",
             cpu / floor_cpu,
-            get(f, "rss_mb")
+            get(f, "rss_mb"),
+            get(f, "first_buffer_ms")
         );
     }
     println!();
