@@ -5,6 +5,8 @@
 //!
 //!     cargo run --release --example bench            # everything (about 3 minutes)
 //!     cargo run --release --example bench -- quick   # shorter runs, fewer instances
+//!     cargo run --release --example bench -- startup # only the start-up rows (50 files)
+//!     cargo run --release --example bench -- replay  # only the replay-after-stop row
 //!
 //! Each scenario runs in a child process of its own (this program started again with the
 //! scenario's name), so CPU time and resident memory are that scenario's alone. CPU time is
@@ -21,6 +23,11 @@
 //! - `memory`: N instances looping the same 3-minute MP3; resident memory once decoded.
 //! - `first-buffer`: N instances of the 3-minute MP3 started at once, from each one's
 //!   set_state(PLAYING) to its first buffer.
+//! - `start-distinct`: N branches on N distinct files (copies of one 5 s MP3) in one pipeline,
+//!   from the pipeline's set_state(PLAYING) to each branch's first buffer at its sink: bgaudiosrc
+//!   against the stock chain (`uridecodebin ! audioconvert ! audioresample ! caps ! fakesink`),
+//!   each in a fresh process on fresh copies, so no file is known to either before it starts.
+//! - `replay`: the 3-minute MP3 played for 3 s, stopped, and played again: CPU of each play.
 
 use gst::prelude::*;
 use std::path::{Path, PathBuf};
@@ -39,6 +46,9 @@ fn main() -> Result<(), Error> {
     match args.first().map(String::as_str) {
         Some("scenario") => scenario(&args[1..]),
         Some("quick") => run_all(true),
+        // Sections on their own: the start-up rows and the replay row.
+        Some("startup") => start_up(50),
+        Some("replay") => replay(),
         None => run_all(false),
         Some(other) => Err(format!("unknown argument {other:?}").into()),
     }
@@ -70,6 +80,44 @@ fn long_mp3() -> Result<PathBuf, Error> {
         std::fs::rename(&tmp, &path)?;
     }
     Ok(path)
+}
+
+/// `n` copies of one 5 s stereo MP3 at 44.1 kHz in a folder of their own, made for this process
+/// (distinct paths: nothing about them is known to a decoded-copy registry yet).
+fn distinct_mp3s(n: usize) -> Result<Vec<PathBuf>, Error> {
+    let dir = manifest_dir().join("target").join("bench-media");
+    let source = dir.join("five-seconds.mp3");
+    if !source.exists() {
+        let tmp = source.with_extension("part");
+        run_to_eos(&gst::parse::launch(&format!(
+            "audiotestsrc freq=330 volume=0.3 num-buffers=221 samplesperbuffer=1000 \
+             ! audio/x-raw,rate=44100,channels=2 ! audioconvert ! lamemp3enc \
+             ! filesink location={}",
+            tmp.display()
+        ))?)?;
+        std::fs::rename(&tmp, &source)?;
+    }
+    let copies = dir.join(format!("distinct-{}", std::process::id()));
+    std::fs::create_dir_all(&copies)?;
+    (0..n)
+        .map(|i| {
+            let path = copies.join(format!("copy-{i}.mp3"));
+            std::fs::copy(&source, &path)?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of this process, to the microsecond.
+fn precise_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn run_to_eos(pipeline: &gst::Element) -> Result<(), Error> {
@@ -342,6 +390,99 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 ms(l[l.len() - 1])
             );
         }
+        "start-distinct" => {
+            let (kind, n): (String, usize) = (arg(1), arg(2).parse()?);
+            let mp3 = long_mp3()?;
+            warm_up(&mp3)?;
+            let files = distinct_mp3s(n)?;
+            let branches: Vec<String> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| -> Result<String, Error> {
+                    let source = match kind.as_str() {
+                        "bgaudiosrc" => format!("bgaudiosrc location={}", f.display()),
+                        "stock" => format!(
+                            "uridecodebin uri={} ! audioconvert ! audioresample",
+                            gst::glib::filename_to_uri(f, None)?
+                        ),
+                        other => return Err(format!("unknown chain {other}").into()),
+                    };
+                    Ok(format!(
+                        "{source} ! {CAPS} ! fakesink name=sink{i} sync=true"
+                    ))
+                })
+                .collect::<Result<_, _>>()?;
+            let pipeline = gst::parse::launch(&branches.join(" "))?
+                .downcast::<gst::Bin>()
+                .map_err(|_| "not a bin")?;
+            let firsts: Vec<Arc<Mutex<Option<Instant>>>> =
+                (0..n).map(|_| Arc::new(Mutex::new(None))).collect();
+            for (i, first) in firsts.iter().enumerate() {
+                let first = first.clone();
+                let pad = pipeline
+                    .by_name(&format!("sink{i}"))
+                    .and_then(|s| s.static_pad("sink"))
+                    .ok_or("no sink pad")?;
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    if let Ok(mut first) = first.lock() {
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    gst::PadProbeReturn::Remove
+                });
+            }
+            let started = Instant::now();
+            pipeline.set_state(gst::State::Playing)?;
+            let returned = started.elapsed();
+            let deadline = started + Duration::from_secs(20);
+            let mut latencies = loop {
+                let got: Vec<Duration> = firsts
+                    .iter()
+                    .filter_map(|f| f.lock().ok().and_then(|f| *f))
+                    .map(|t| t - started)
+                    .collect();
+                if got.len() == n {
+                    break got;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{kind}: {} of {n} branches started", got.len()).into());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            pipeline.set_state(gst::State::Null)?;
+            if let Some(dir) = files.first().and_then(|f| f.parent()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            latencies.sort();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "median_ms={:.2} max_ms={:.2} set_state_ms={:.2}",
+                ms(latencies[n / 2]),
+                ms(latencies[n - 1]),
+                ms(returned)
+            );
+        }
+        "replay" => {
+            let mp3 = long_mp3()?;
+            warm_up(&mp3)?;
+            let play = || -> Result<Duration, Error> {
+                let pipeline = gst::parse::launch(&format!(
+                    "bgaudiosrc location={} ! {CAPS} ! fakesink sync=true",
+                    mp3.display()
+                ))?;
+                let cpu0 = precise_cpu_time();
+                pipeline.set_state(gst::State::Playing)?;
+                std::thread::sleep(Duration::from_secs(3));
+                pipeline.set_state(gst::State::Null)?;
+                Ok(precise_cpu_time() - cpu0)
+            };
+            let (first, second) = (play()?, play()?);
+            println!(
+                "first_s={:.4} second_s={:.4} ratio={:.3}",
+                first.as_secs_f64(),
+                second.as_secs_f64(),
+                second.as_secs_f64() / first.as_secs_f64()
+            );
+        }
         other => return Err(format!("unknown scenario {other:?}").into()),
     }
     Ok(())
@@ -468,6 +609,47 @@ fn run_all(quick: bool) -> Result<(), Error> {
             get(&f, "max_ms")
         );
     }
+    println!();
+
+    start_up(if quick { 20 } else { 50 })?;
+    println!();
+    replay()
+}
+
+fn start_up(distinct: usize) -> Result<(), Error> {
+    println!(
+        "5. Start-up, {distinct} branches on {distinct} distinct 5 s MP3s in one pipeline, \
+         set_state(PLAYING) to each branch's first buffer"
+    );
+    println!("| chain | median ms | max ms | set_state returned after ms |");
+    println!("|---|---|---|---|");
+    for (name, kind) in [
+        ("bgaudiosrc", "bgaudiosrc"),
+        (
+            "uridecodebin ! audioconvert ! audioresample (stock)",
+            "stock",
+        ),
+    ] {
+        let f = child(&["start-distinct", kind, &distinct.to_string()])?;
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} |",
+            get(&f, "median_ms"),
+            get(&f, "max_ms"),
+            get(&f, "set_state_ms")
+        );
+    }
+    Ok(())
+}
+
+fn replay() -> Result<(), Error> {
+    println!("6. Replay after stop: 3-minute MP3 played 3 s, stopped, played 3 s again");
+    let f = child(&["replay"])?;
+    println!(
+        "first play {:.3} s CPU, second play {:.3} s CPU (x {:.2})",
+        get(&f, "first_s"),
+        get(&f, "second_s"),
+        get(&f, "ratio")
+    );
     Ok(())
 }
 
