@@ -430,6 +430,7 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                     gst::PadProbeReturn::Remove
                 });
             }
+            let cpu0 = precise_cpu_time();
             let started = Instant::now();
             pipeline.set_state(gst::State::Playing)?;
             let returned = started.elapsed();
@@ -443,11 +444,13 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 if got.len() == n {
                     break got;
                 }
+
                 if Instant::now() > deadline {
                     return Err(format!("{kind}: {} of {n} branches started", got.len()).into());
                 }
                 std::thread::sleep(Duration::from_millis(2));
             };
+            let cpu = precise_cpu_time() - cpu0;
             pipeline.set_state(gst::State::Null)?;
             if let Some(dir) = files.first().and_then(|f| f.parent()) {
                 let _ = std::fs::remove_dir_all(dir);
@@ -455,10 +458,11 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             latencies.sort();
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
-                "median_ms={:.2} max_ms={:.2} set_state_ms={:.2}",
+                "median_ms={:.2} max_ms={:.2} set_state_ms={:.2} cpu_ms={:.1}",
                 ms(latencies[n / 2]),
                 ms(latencies[n - 1]),
-                ms(returned)
+                ms(returned),
+                ms(cpu)
             );
         }
         "replay" => {
@@ -621,8 +625,10 @@ fn start_up(distinct: usize) -> Result<(), Error> {
         "5. Start-up, {distinct} branches on {distinct} distinct 5 s MP3s in one pipeline, \
          set_state(PLAYING) to each branch's first buffer"
     );
-    println!("| chain | median ms | max ms | set_state returned after ms |");
-    println!("|---|---|---|---|");
+    println!(
+        "| chain | median ms | max ms | set_state returned after ms | CPU ms until the last |"
+    );
+    println!("|---|---|---|---|---|");
     for (name, kind) in [
         ("bgaudiosrc", "bgaudiosrc"),
         (
@@ -632,10 +638,11 @@ fn start_up(distinct: usize) -> Result<(), Error> {
     ] {
         let f = child(&["start-distinct", kind, &distinct.to_string()])?;
         println!(
-            "| {name} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.0} |",
             get(&f, "median_ms"),
             get(&f, "max_ms"),
-            get(&f, "set_state_ms")
+            get(&f, "set_state_ms"),
+            get(&f, "cpu_ms")
         );
     }
     Ok(())

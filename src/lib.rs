@@ -15,7 +15,10 @@ use gst::glib;
 
 mod bgaudiosrc;
 
-pub use bgaudiosrc::{cache_usage, BgAudioSrc, BgAudioSrcMode, CacheUsage};
+pub use bgaudiosrc::{
+    cache_usage, retain_budget, set_retain_budget, BgAudioSrc, BgAudioSrcMode, CacheUsage,
+    DEFAULT_RETAIN_BYTES, RETAIN_ENV,
+};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     bgaudiosrc::register(plugin)

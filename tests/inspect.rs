@@ -67,8 +67,10 @@ fn gst_inspect_documents_the_element() {
         "Default: 20000000",
         "fade-in-duration    : Fade-in when the element starts in mixing mode",
         "fade-out-duration   : Fade-out before EOS after the fade-out signal",
-        "max-cache-size      : Largest decoded size in bytes kept in memory",
+        "max-cache-size      : Most bytes of decoded audio kept in memory",
         "Default: 67108864",
+        "timeout             : Nanoseconds the source may take to show its audio format",
+        "Default: 10000000000",
         "Element Actions:",
         "\"fade-out\" :  void user_function (GstElement* object);",
     ] {

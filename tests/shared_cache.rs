@@ -22,6 +22,12 @@ fn clip(name: &str, freq: f64) -> PathBuf {
     path
 }
 
+/// Drops the copies earlier tests left retained, so each test counts its own.
+fn forget_retained() {
+    gstbgaudio::set_retain_budget(0);
+    gstbgaudio::set_retain_budget(gstbgaudio::DEFAULT_RETAIN_BYTES);
+}
+
 /// A looping element into an appsink, started and left running until dropped.
 struct Player {
     pipeline: gst::Pipeline,
@@ -98,8 +104,9 @@ impl Drop for Player {
 fn two_elements_on_one_file_share_one_decoded_copy() {
     let _serial = serial();
     init();
+    forget_retained();
     let path = clip("shared.ogg", 440.0);
-    assert_eq!(gstbgaudio::cache_usage().entries, 0);
+    assert_eq!(gstbgaudio::cache_usage(), gstbgaudio::CacheUsage::default());
 
     let a = Player::start(&path, &s16(""));
     let b = Player::start(&path, &s16(""));
@@ -133,13 +140,91 @@ fn two_elements_on_one_file_share_one_decoded_copy() {
     assert!(!common.is_empty(), "no shared memory seen");
 
     drop((a, b));
+    // No element plays it now; the complete copy is kept for the next one.
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!((usage.entries, usage.bytes), (0, 0), "{usage:?}");
+    assert_eq!(usage.retained_entries, 1, "{usage:?}");
+}
+
+/// Where the memory of the file's first frames lies, as each buffer that starts in the first
+/// 10000 frames (inside the cache's first chunk) shows it: its data pointer less its position.
+/// `from`: buffers from this output offset on; `len`: the file's length in frames.
+fn first_chunk_bases(p: &[(u64, usize)], len: u64, from: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = p
+        .iter()
+        .filter(|(off, _)| *off >= from && off % len < 10_000)
+        .map(|(off, ptr)| ptr - (off % len) as usize * 4)
+        .collect();
+    v.dedup();
+    v
+}
+
+#[test]
+fn a_sound_played_again_after_stopping_is_not_decoded_again() {
+    let _serial = serial();
+    init();
+    forget_retained();
+    let path = clip("again.ogg", 550.0);
+
+    let a = Player::start(&path, &s16(""));
+    let first = a.samples(300_000);
+    let len = gstbgaudio::cache_usage().bytes / 4;
+    // Once the copy is complete, every pass hands out the same memory.
+    let a_bases = first_chunk_bases(&a.pointers.lock().unwrap(), len, 2 * len);
+    assert_eq!(a_bases.len(), 1, "{a_bases:?}");
+    drop(a);
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!((usage.entries, usage.retained_entries), (0, 1), "{usage:?}");
+    assert_eq!(usage.retained_bytes, len * 4);
+
+    // Started again: the same samples, out of the same memory from its very first buffer.
+    let b = Player::start(&path, &s16(""));
+    assert_eq!(b.samples(300_000), first);
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!((usage.entries, usage.retained_entries), (1, 0), "{usage:?}");
+    let b_bases = first_chunk_bases(&b.pointers.lock().unwrap(), len, 0);
+    assert_eq!(b_bases, a_bases, "the second play reads other memory");
+    drop(b);
+}
+
+#[test]
+fn retained_copies_stay_within_the_budget_least_recently_used_first() {
+    let _serial = serial();
+    init();
+    forget_retained();
+    let one = clip("budget-one.ogg", 300.0);
+    let two = clip("budget-two.ogg", 400.0);
+    let play = |path: &Path| {
+        let p = Player::start(path, &s16(""));
+        p.samples(200_000);
+        drop(p);
+    };
+    // Room for one copy (each is about 176 kB).
+    gstbgaudio::set_retain_budget(250_000);
+    play(&one);
+    play(&two);
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!(usage.retained_entries, 1, "{usage:?}");
+    // The one kept is the one played last: playing it again makes no new copy and leaves the
+    // budget holding nothing else.
+    let again = Player::start(&two, &s16(""));
+    again.samples(1_000);
+    assert_eq!(gstbgaudio::cache_usage().retained_entries, 0);
+    drop(again);
+
+    // A budget of 0 keeps nothing, and lowering the budget drops what is over it at once.
+    gstbgaudio::set_retain_budget(0);
+    assert_eq!(gstbgaudio::cache_usage().retained_entries, 0);
+    play(&one);
     assert_eq!(gstbgaudio::cache_usage(), gstbgaudio::CacheUsage::default());
+    gstbgaudio::set_retain_budget(gstbgaudio::DEFAULT_RETAIN_BYTES);
 }
 
 #[test]
 fn another_format_is_another_copy() {
     let _serial = serial();
     init();
+    forget_retained();
     let path = clip("formats.ogg", 330.0);
     let a = Player::start(&path, &s16(""));
     let b = Player::start(&path, &s16(",rate=16000,channels=1"));
@@ -155,6 +240,7 @@ fn another_format_is_another_copy() {
 fn a_changed_file_is_a_new_copy_and_the_old_one_is_freed() {
     let _serial = serial();
     init();
+    forget_retained();
     let low = clip("low.ogg", 220.0);
     let high = clip("high.ogg", 880.0);
     let path = fixture_dir("shared_cache").join("changing.ogg");
@@ -171,7 +257,9 @@ fn a_changed_file_is_a_new_copy_and_the_old_one_is_freed() {
     // `a` keeps its own copy of what it started with.
     assert_eq!(a.samples(100_000), before);
     drop(a);
-    assert_eq!(gstbgaudio::cache_usage().entries, 1);
+    // The old content is not kept for later: the file no longer holds it.
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!((usage.entries, usage.retained_entries), (1, 0), "{usage:?}");
     drop(b);
     assert_eq!(gstbgaudio::cache_usage().entries, 0);
 }

@@ -2,22 +2,38 @@
 
 //! The PCM cache: the decoded file as interleaved S16 at one rate and channel count.
 //!
-//! The decoder appends to it while the element reads from it, so the first buffer flows while the
-//! first pass is still decoding; once the decoder reaches the end the cache is frozen and every
-//! later loop replays it without a lock and without decoding again.
+//! One decoder writes, any number of readers read, each through a `Reader` of its own. The first
+//! buffer flows while the first pass is still decoding.
 //!
-//! Storage is a list of fixed-size chunks (`CHUNK_FRAMES` frames each, the last one sized exactly),
-//! so filling never reallocates and the byte size is always known. Each sealed chunk is also
-//! wrapped in a `gst::Memory` sharing the same samples, so a reader can hand out buffers that
-//! point into the cache instead of copying. The cache is `Send + Sync` and meant to be held in an
-//! `Arc` by any number of readers.
+//! A cache ends one of two ways:
+//! - **Complete**: the decoder reached the end of the file within `limit` bytes. The cache is
+//!   frozen, and every later loop replays it without a lock and without decoding again.
+//! - **Streaming**: the decoded audio reached `limit` bytes first (or the cache was made
+//!   streaming from the start, for a file known to be too long or a live source). From then on it
+//!   is a window: chunks every reader has passed are dropped, and the writer waits while it is
+//!   a window ahead of the furthest reader or while the cache holds `limit` bytes, so memory stays
+//!   bounded whatever the duration is, known, unknown or wrong. Positions keep counting across
+//!   passes: the decoder marks the end of each pass (`end_pass`) and starts the next one while
+//!   the readers are still a window behind, so a seam costs the readers nothing.
+//!
+//! Storage is a list of fixed-size chunks (`chunk_frames` frames each, the last one of a complete
+//! cache sized exactly), so filling never reallocates. Each sealed chunk is also wrapped in a
+//! `gst::Memory` sharing the same samples, so a reader of a complete cache can hand out buffers
+//! that point into it instead of copying.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use super::imp::CAT;
+use super::{startup, CAT};
 
-/// Frames per chunk: 16384 frames is 64 KiB of 48 kHz stereo.
-const CHUNK_FRAMES: usize = 16_384;
+/// Frames per chunk of a cache that may be kept: 16384 frames is 64 KiB of 48 kHz stereo.
+pub const CHUNK_FRAMES: usize = 16_384;
+/// Frames per chunk of a cache that streams from the start: finer, so the window it holds stays
+/// small.
+pub const STREAM_CHUNK_FRAMES: usize = 4_096;
+/// How far the decoder runs ahead of the furthest reader in streaming mode.
+const STREAM_WINDOW_BYTES: u64 = 256 * 1024;
 
 /// One sealed run of samples, readable as `&[i16]` and shareable as a `gst::Memory`.
 #[derive(Debug)]
@@ -51,6 +67,17 @@ impl AsRef<[u8]> for SampleBytes {
     }
 }
 
+/// What a read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// This many frames were visited.
+    Frames(usize),
+    /// The reader is at the end of a pass over the file: `Reader::next_pass` goes on (loops).
+    PassEnd,
+    /// Nothing was decoded for the reader's position before the deadline.
+    NotYet,
+}
+
 /// Why a read returned no samples.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadError {
@@ -58,6 +85,8 @@ pub enum ReadError {
     Cancelled,
     /// The decoder failed before it reached the requested position.
     Failed(gst::ErrorMessage),
+    /// The stream ended for good: a pass was asked for that the source cannot give. Says why.
+    Ended(String),
 }
 
 #[derive(Debug, Default)]
@@ -69,18 +98,38 @@ enum Status {
 
 #[derive(Debug, Default)]
 struct Filling {
-    chunks: Vec<Chunk>,
+    /// Sealed chunks; the first one is chunk number `first_chunk` of the stream.
+    chunks: VecDeque<Chunk>,
+    first_chunk: u64,
     tail: Vec<i16>,
+    /// Frames written since the start of the stream.
     frames: u64,
     status: Status,
-    /// Bounded mode: chunks dropped from the front since the start.
-    first_chunk: u64,
-    /// Bounded mode: the reader's position; chunks before it are dropped.
-    read_pos: u64,
-    /// Bounded mode: the decoder reached the end of the file (until `restart`).
-    pass_ended: bool,
+    /// Over the limit: a window, not a copy.
+    streaming: bool,
+    /// Streaming: the stream positions at which passes ended, from pass `first_pass` on.
+    pass_ends: VecDeque<u64>,
+    first_pass: u64,
+    /// Streaming: where the last pass ended (0 before the first).
+    last_pass_end: u64,
+    /// Streaming: no pass follows the last one; why (for the reader that wanted to loop).
+    ended: Option<String>,
+    /// Registered readers' (position, pass), by reader id; `None` is a free slot.
+    readers: Vec<Option<(u64, u64)>>,
+    /// The writer waits for room: readers wake it when they move.
+    writer_waiting: bool,
     /// The decoder is shutting down: writes return at once.
     closed: bool,
+}
+
+impl Filling {
+    fn furthest_reader(&self) -> Option<u64> {
+        self.readers.iter().flatten().map(|(pos, _)| *pos).max()
+    }
+
+    fn slowest_reader(&self) -> Option<(u64, u64)> {
+        self.readers.iter().flatten().copied().min()
+    }
 }
 
 #[derive(Debug)]
@@ -94,48 +143,50 @@ struct Frozen {
 pub struct PcmCache {
     rate: u32,
     channels: usize,
+    chunk_frames: usize,
+    /// The most bytes of decoded audio held at once (`max-cache-size`).
+    limit: u64,
     filling: Mutex<Filling>,
     cond: Condvar,
     frozen: OnceLock<Frozen>,
-    /// Bounded (streaming) mode: at most this many chunks are held; the writer waits for the
-    /// reader, and the end of the file is a pass that `restart` begins again instead of a freeze.
-    bounded: Option<usize>,
 }
 
 impl PcmCache {
-    pub fn new(rate: u32, channels: u32) -> Self {
+    /// A cache that keeps the whole file if it decodes to at most `limit` bytes, and turns into
+    /// a window over the stream when it does not.
+    pub fn new(rate: u32, channels: u32, limit: u64) -> Self {
         PcmCache {
             rate,
             channels: channels.max(1) as usize,
+            chunk_frames: CHUNK_FRAMES,
+            limit,
             filling: Mutex::new(Filling::default()),
             cond: Condvar::new(),
             frozen: OnceLock::new(),
-            bounded: None,
         }
     }
 
-    /// A window over a stream that is too long to keep: at most `max_bytes` (rounded up to
-    /// two chunks) of decoded audio are held at any time, for one reader. The writer waits
-    /// while the window is full, so memory stays flat however long the file is.
-    pub fn bounded(rate: u32, channels: u32, max_bytes: u64) -> Self {
-        let chunk_bytes = (CHUNK_FRAMES * channels.max(1) as usize * 2) as u64;
-        let chunks = max_bytes.div_ceil(chunk_bytes).max(2) as usize;
-        PcmCache {
-            bounded: Some(chunks),
-            ..PcmCache::new(rate, channels)
-        }
-    }
-
-    pub fn is_bounded(&self) -> bool {
-        self.bounded.is_some()
+    /// A window over the stream from the start: for a file known to decode to more than
+    /// `limit`, or a live source.
+    pub fn streaming(rate: u32, channels: u32, limit: u64) -> Self {
+        let cache = PcmCache {
+            chunk_frames: STREAM_CHUNK_FRAMES,
+            ..PcmCache::new(rate, channels, limit)
+        };
+        cache.lock().streaming = true;
+        cache
     }
 
     pub fn rate(&self) -> u32 {
         self.rate
     }
 
+    fn bpf(&self) -> u64 {
+        self.channels as u64 * 2
+    }
+
     fn chunk_samples(&self) -> usize {
-        CHUNK_FRAMES * self.channels
+        self.chunk_frames * self.channels
     }
 
     fn lock(&self) -> MutexGuard<'_, Filling> {
@@ -144,34 +195,94 @@ impl PcmCache {
         self.filling.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The total number of frames once decoding is complete.
+    /// The total number of frames once the cache is complete.
     pub fn complete_frames(&self) -> Option<u64> {
         self.frozen.get().map(|f| f.frames)
     }
 
     /// The decoder's failure, if it failed.
     pub fn failed(&self) -> Option<gst::ErrorMessage> {
+        if self.frozen.get().is_some() {
+            return None;
+        }
         match &self.lock().status {
             Status::Failed(err) => Some(err.clone()),
             Status::Filling => None,
         }
     }
 
-    /// Frames decoded so far.
-    pub fn frames(&self) -> u64 {
-        match self.frozen.get() {
-            Some(f) => f.frames,
-            None => self.lock().frames,
+    /// Bytes of decoded audio held now.
+    pub fn byte_size(&self) -> u64 {
+        if let Some(frozen) = self.frozen.get() {
+            return frozen.frames * self.bpf();
+        }
+        let filling = self.lock();
+        Self::held_bytes(&filling, self.chunk_samples())
+    }
+
+    fn held_bytes(filling: &Filling, chunk_samples: usize) -> u64 {
+        (filling.chunks.len() * chunk_samples + filling.tail.len()) as u64 * 2
+    }
+
+    /// Whether the writer must wait before adding to the window: it is a window ahead of the
+    /// furthest reader, or the cache holds its limit. The bound never falls below two chunks, so
+    /// a reader inside the first held chunk can always finish it and let it go.
+    fn window_full(&self, filling: &Filling) -> bool {
+        if !filling.streaming || filling.closed {
+            return false;
+        }
+        let chunk_bytes = self.chunk_samples() as u64 * 2;
+        let limit = self.limit.max(2 * chunk_bytes);
+        if Self::held_bytes(filling, self.chunk_samples()) >= limit {
+            return true;
+        }
+        let window = (STREAM_WINDOW_BYTES.min(limit) / self.bpf()).max(self.chunk_frames as u64);
+        let first_held = filling.first_chunk * self.chunk_frames as u64;
+        let furthest = filling.furthest_reader().unwrap_or(first_held);
+        filling.frames >= furthest + window
+    }
+
+    /// Whether the writer gives way to elements that are starting (`startup`): it is
+    /// `DECODE_LEAD` ahead of its furthest reader while some element waits for its first buffer.
+    fn yields_to_startup(&self, filling: &Filling) -> bool {
+        if filling.closed || !startup::decoders_yield() {
+            return false;
+        }
+        let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000;
+        let furthest = filling.furthest_reader().unwrap_or(0);
+        filling.frames >= furthest + lead
+    }
+
+    /// Streaming: drops the chunks every reader has passed, and pass ends every reader has
+    /// crossed.
+    fn drop_passed(&self, filling: &mut Filling) {
+        if !filling.streaming {
+            return;
+        }
+        let Some((slowest, slowest_pass)) = filling.slowest_reader() else {
+            return;
+        };
+        let passed = (slowest / self.chunk_frames as u64).saturating_sub(filling.first_chunk);
+        let passed = (passed as usize).min(filling.chunks.len());
+        if passed > 0 {
+            filling.chunks.drain(..passed);
+            filling.first_chunk += passed as u64;
+        }
+        let min_pass = filling
+            .readers
+            .iter()
+            .flatten()
+            .map(|(_, pass)| *pass)
+            .min()
+            .unwrap_or(slowest_pass);
+        while filling.first_pass < min_pass && !filling.pass_ends.is_empty() {
+            filling.pass_ends.pop_front();
+            filling.first_pass += 1;
         }
     }
 
-    /// Bytes of decoded audio held.
-    pub fn byte_size(&self) -> u64 {
-        self.frames() * self.channels as u64 * 2
-    }
-
     /// Appends native-endian interleaved S16 bytes (whole frames). Called by the decoder; in
-    /// bounded mode it waits while the window is full.
+    /// streaming mode it waits while the window is full.
     pub fn push_bytes(&self, bytes: &[u8]) {
         if self.frozen.get().is_some() {
             return;
@@ -182,11 +293,23 @@ impl PcmCache {
             .chunks_exact(2)
             .map(|b| i16::from_ne_bytes([b[0], b[1]]));
         loop {
-            if let Some(max_chunks) = self.bounded {
-                while filling.chunks.len() >= max_chunks && !filling.closed {
+            loop {
+                if self.window_full(&filling) {
+                    filling.writer_waiting = true;
                     filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
+                } else if self.yields_to_startup(&filling) {
+                    // Woken when a reader moves; start-up ending is looked for every few ms.
+                    filling.writer_waiting = true;
+                    filling = self
+                        .cond
+                        .wait_timeout(filling, Duration::from_millis(5))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                } else {
+                    break;
                 }
             }
+            filling.writer_waiting = false;
             if filling.closed {
                 return;
             }
@@ -197,42 +320,55 @@ impl PcmCache {
             let before = filling.tail.len();
             filling.tail.extend(samples.by_ref().take(room));
             let added = filling.tail.len() - before;
-            // Visible to readers at once: a bounded writer may wait for them below.
             filling.frames += (added / self.channels) as u64;
+            if filling.tail.len() == chunk_samples {
+                let full = std::mem::take(&mut filling.tail);
+                filling.chunks.push_back(Chunk::new(full));
+            }
+            if !filling.streaming && Self::held_bytes(&filling, chunk_samples) >= self.limit {
+                filling.streaming = true;
+                gst::info!(
+                    CAT,
+                    "Decoded audio reached max-cache-size ({} bytes) at frame {}: streaming \
+                     through a window from now on",
+                    self.limit,
+                    filling.frames
+                );
+                self.drop_passed(&mut filling);
+            }
+            // Visible to readers at once: in streaming mode the writer may wait for them next.
             self.cond.notify_all();
-            if filling.tail.len() < chunk_samples {
+            if samples.len() == 0 {
                 break;
             }
-            let full = std::mem::take(&mut filling.tail);
-            filling.chunks.push(Chunk::new(full));
         }
     }
 
-    /// Shuts writes off (a waiting writer returns): the decoder is going away.
-    pub fn close(&self) {
-        self.lock().closed = true;
-        self.cond.notify_all();
-    }
-
-    /// Bounded mode: the decoder starts the file again; the next pass continues the stream.
-    pub fn restart(&self) {
-        self.lock().pass_ended = false;
-    }
-
-    /// Marks the end of the decoded data: the cache is immutable from now on.
-    pub fn finish(&self) {
+    /// The decoder reached the end of the file. A cache that kept it all is complete from now
+    /// on; a streaming one marks the end of this pass. Returns whether the decoder should start
+    /// the next pass (streaming).
+    pub fn end_pass(&self) -> bool {
         let mut filling = self.lock();
         if let Status::Failed(_) = filling.status {
-            return;
+            return false;
         }
-        if self.bounded.is_some() {
-            // The end of one pass, not of the data: readers see it once they catch up.
-            filling.pass_ended = true;
+        if filling.streaming {
+            let frames = filling.frames;
+            let another = frames > filling.last_pass_end;
+            if filling.pass_ends.back() != Some(&frames) {
+                filling.pass_ends.push_back(frames);
+            }
+            filling.last_pass_end = frames;
+            gst::debug!(CAT, "End of a pass at stream frame {}", frames);
+            if !another && filling.ended.is_none() {
+                // A pass with no audio: another one would be as empty.
+                filling.ended = Some("the stream holds no more audio".to_owned());
+            }
             drop(filling);
             self.cond.notify_all();
-            return;
+            return another;
         }
-        let mut chunks = std::mem::take(&mut filling.chunks);
+        let mut chunks: Vec<Chunk> = std::mem::take(&mut filling.chunks).into();
         let tail = std::mem::take(&mut filling.tail);
         if !tail.is_empty() {
             // Sized exactly: the last chunk holds only what was decoded.
@@ -247,8 +383,26 @@ impl PcmCache {
             frames,
             self.rate,
             self.channels,
-            self.byte_size()
+            frames * self.bpf()
         );
+        self.cond.notify_all();
+        false
+    }
+
+    /// Streaming: no pass follows the last one (the source cannot go back to its start); `why`
+    /// is what a reader that wanted to loop reports.
+    pub fn end_stream(&self, why: String) {
+        let mut filling = self.lock();
+        if filling.ended.is_none() {
+            filling.ended = Some(why);
+        }
+        drop(filling);
+        self.cond.notify_all();
+    }
+
+    /// Shuts writes off (a waiting writer returns): the decoder is going away.
+    pub fn close(&self) {
+        self.lock().closed = true;
         self.cond.notify_all();
     }
 
@@ -271,71 +425,256 @@ impl PcmCache {
         self.cond.notify_all();
     }
 
-    /// Calls `visit` with the samples of up to `max_frames` frames starting at frame `pos`, in
-    /// order and in as few slices as the chunks allow, and returns the number of frames visited.
-    ///
-    /// Waits while the frames at `pos` are not decoded yet; returns `Ok(0)` at the end of the
-    /// complete data. `cancelled` is checked before every wait; `wake()` interrupts a wait.
-    pub fn read(
+    /// A reader at the start of the stream, or `None` if the cache already streams past it
+    /// (a window has no start to give to a reader that comes late).
+    pub fn reader(self: &Arc<Self>) -> Option<Reader> {
+        let id = if self.frozen.get().is_some() {
+            None
+        } else {
+            let mut filling = self.lock();
+            if filling.streaming && filling.first_chunk > 0 {
+                return None;
+            }
+            let id = match filling.readers.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    filling.readers.push(None);
+                    filling.readers.len() - 1
+                }
+            };
+            filling.readers[id] = Some((0, 0));
+            Some(id)
+        };
+        Some(Reader {
+            cache: self.clone(),
+            id,
+            pos: 0,
+            pass: 0,
+            in_pass: 0,
+        })
+    }
+
+    fn unregister(&self, id: usize) {
+        let mut filling = self.lock();
+        if let Some(slot) = filling.readers.get_mut(id) {
+            *slot = None;
+        }
+        self.drop_passed(&mut filling);
+        drop(filling);
+        self.cond.notify_all();
+    }
+
+    fn read_frozen(
         &self,
+        frozen: &Frozen,
         pos: u64,
         max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> Read {
+        match self.read_chunks(
+            frozen.chunks.iter(),
+            &[],
+            0,
+            frozen.frames,
+            pos,
+            max_frames,
+            visit,
+        ) {
+            0 => Read::PassEnd,
+            n => Read::Frames(n),
+        }
+    }
+
+    /// Visits up to `max_frames` frames from stream frame `pos`, which must be held, and below
+    /// `end`. Returns the number of frames visited.
+    #[allow(clippy::too_many_arguments)]
+    fn read_chunks<'a>(
+        &self,
+        chunks: impl Iterator<Item = &'a Chunk>,
+        tail: &[i16],
+        first_chunk: u64,
+        end: u64,
+        pos: u64,
+        max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> usize {
+        if pos >= end {
+            return 0;
+        }
+        let frames = (max_frames as u64).min(end - pos) as usize;
+        let skip = (pos / self.chunk_frames as u64 - first_chunk) as usize;
+        let mut offset = (pos % self.chunk_frames as u64) as usize * self.channels;
+        let mut left = frames * self.channels;
+        let mut chunks = chunks.skip(skip);
+        while left > 0 {
+            let samples: &[i16] = match chunks.next() {
+                Some(c) => &c.samples,
+                None => tail,
+            };
+            let n = (samples.len() - offset).min(left);
+            visit(&samples[offset..offset + n]);
+            left -= n;
+            offset = 0;
+        }
+        frames
+    }
+}
+
+/// One reader's place in a cache: its position (a stream frame) and pass. Registered with the
+/// cache, so a streaming cache keeps what the reader has not read yet, and lets go of it when
+/// the reader is dropped.
+#[derive(Debug)]
+pub struct Reader {
+    cache: Arc<PcmCache>,
+    /// Slot in the cache's reader table; `None` for a reader of a complete cache.
+    id: Option<usize>,
+    pos: u64,
+    pass: u64,
+    /// Frames read since the start of this pass.
+    in_pass: u64,
+}
+
+impl Reader {
+    pub fn cache(&self) -> &Arc<PcmCache> {
+        &self.cache
+    }
+
+    /// The frame this reader reads next: in the file when the cache is complete, in the stream
+    /// (counting across passes) when it streams.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Goes on past the end of a pass: back to the start of a complete cache, or into the next
+    /// pass of a streaming one. Returns false, and stays, if the pass held no audio: looping
+    /// it would never produce a frame.
+    pub fn next_pass(&mut self) -> bool {
+        if self.in_pass == 0 {
+            return false;
+        }
+        self.in_pass = 0;
+        if self.cache.frozen.get().is_some() {
+            self.pos = 0;
+        } else {
+            self.pass += 1;
+        }
+        true
+    }
+
+    /// Calls `visit` with the samples of up to `max_frames` frames from the reader's position
+    /// on, in as few slices as the chunks allow, and moves the position past them.
+    ///
+    /// While the frames are not decoded yet it waits, until `deadline` if one is given.
+    /// `cancelled` is checked before every wait; `PcmCache::wake()` interrupts a wait.
+    pub fn read(
+        &mut self,
+        max_frames: usize,
+        deadline: Option<Instant>,
         cancelled: impl Fn() -> bool,
         mut visit: impl FnMut(&[i16]),
-    ) -> Result<usize, ReadError> {
-        if let Some(frozen) = self.frozen.get() {
-            return Ok(self.read_frozen(frozen, pos, max_frames, &mut visit));
-        }
-        let mut filling = self.lock();
-        if self.bounded.is_some() {
-            self.consume_until(&mut filling, pos);
-        }
-        loop {
-            if let Some(frozen) = self.frozen.get() {
-                drop(filling);
-                return Ok(self.read_frozen(frozen, pos, max_frames, &mut visit));
+    ) -> Result<Read, ReadError> {
+        let cache = &*self.cache;
+        if let Some(frozen) = cache.frozen.get() {
+            let read = cache.read_frozen(frozen, self.pos, max_frames, &mut visit);
+            if let Read::Frames(n) = read {
+                self.pos += n as u64;
+                self.in_pass += n as u64;
             }
-            if filling.frames > pos {
-                return Ok(Self::read_chunks(
-                    &filling.chunks,
+            return Ok(read);
+        }
+        let id = self.id.unwrap_or(usize::MAX);
+        let mut filling = cache.lock();
+        loop {
+            if cache.frozen.get().is_some() {
+                drop(filling);
+                return self.read(max_frames, deadline, cancelled, visit);
+            }
+            if let Some(slot) = filling.readers.get_mut(id) {
+                *slot = Some((self.pos, self.pass));
+            }
+            cache.drop_passed(&mut filling);
+            if filling.writer_waiting {
+                cache.cond.notify_all();
+            }
+            let pass_end = if filling.streaming {
+                (self.pass.checked_sub(filling.first_pass))
+                    .and_then(|i| filling.pass_ends.get(i as usize).copied())
+            } else {
+                None
+            };
+            if pass_end == Some(self.pos) {
+                return Ok(Read::PassEnd);
+            }
+            let end = pass_end.unwrap_or(filling.frames);
+            if self.pos < filling.first_chunk * cache.chunk_frames as u64 {
+                // Registered readers keep what they have not read; this cannot happen, but a
+                // reader must never wait for frames that are gone.
+                return Err(ReadError::Failed(gst::error_msg!(
+                    gst::StreamError::Failed,
+                    (
+                        "Frame {} was dropped from the streaming window before it was read",
+                        self.pos
+                    )
+                )));
+            }
+            if end > self.pos {
+                let n = cache.read_chunks(
+                    filling.chunks.iter(),
                     &filling.tail,
                     filling.first_chunk,
-                    filling.frames,
-                    self.channels,
-                    pos,
+                    end,
+                    self.pos,
                     max_frames,
                     &mut visit,
-                ));
+                );
+                self.pos += n as u64;
+                self.in_pass += n as u64;
+                if let Some(slot) = filling.readers.get_mut(id) {
+                    *slot = Some((self.pos, self.pass));
+                }
+                return Ok(Read::Frames(n));
             }
             if let Status::Failed(ref err) = filling.status {
                 return Err(ReadError::Failed(err.clone()));
             }
-            if filling.pass_ended {
-                return Ok(0);
+            if let Some(why) = &filling.ended {
+                if self.pos >= filling.frames {
+                    return Err(ReadError::Ended(why.clone()));
+                }
             }
             if cancelled() {
                 return Err(ReadError::Cancelled);
             }
-            filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
+            filling = match deadline {
+                None => cache.cond.wait(filling).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(Read::NotYet);
+                    }
+                    cache
+                        .cond
+                        .wait_timeout(filling, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
-    /// Appends to `buffer` memories that share the cache's samples for up to `max_frames` frames
-    /// from `pos`, without copying. Only possible once the cache is complete: returns `None` before.
-    pub fn share_into(
-        &self,
-        pos: u64,
-        max_frames: usize,
-        buffer: &mut gst::BufferRef,
-    ) -> Option<usize> {
-        let frozen = self.frozen.get()?;
-        if pos >= frozen.frames {
-            return Some(0);
+    /// Appends to `buffer` memories that share a complete cache's samples for up to
+    /// `max_frames` frames from the reader's position, without copying, and moves the position
+    /// past them. `None` while the cache is not complete; `PassEnd` at its end.
+    pub fn share_into(&mut self, max_frames: usize, buffer: &mut gst::BufferRef) -> Option<Read> {
+        let cache = &*self.cache;
+        let frozen = cache.frozen.get()?;
+        if self.pos >= frozen.frames {
+            return Some(Read::PassEnd);
         }
-        let frames = (max_frames as u64).min(frozen.frames - pos) as usize;
-        let bpf = self.channels * 2;
-        let mut chunk = (pos / CHUNK_FRAMES as u64) as usize;
-        let mut offset = (pos % CHUNK_FRAMES as u64) as usize;
+        let frames = (max_frames as u64).min(frozen.frames - self.pos) as usize;
+        let bpf = cache.channels * 2;
+        let mut chunk = (self.pos / cache.chunk_frames as u64) as usize;
+        let mut offset = (self.pos % cache.chunk_frames as u64) as usize;
         let mut left = frames;
         while left > 0 {
             let mem = &frozen.chunks[chunk].memory;
@@ -345,128 +684,100 @@ impl PcmCache {
             chunk += 1;
             offset = 0;
         }
-        Some(frames)
+        self.pos += frames as u64;
+        self.in_pass += frames as u64;
+        Some(Read::Frames(frames))
     }
+}
 
-    fn read_frozen(
-        &self,
-        frozen: &Frozen,
-        pos: u64,
-        max_frames: usize,
-        visit: &mut impl FnMut(&[i16]),
-    ) -> usize {
-        Self::read_chunks(
-            &frozen.chunks,
-            &[],
-            0,
-            frozen.frames,
-            self.channels,
-            pos,
-            max_frames,
-            visit,
-        )
-    }
-
-    /// Bounded mode: drops the chunks the reader has passed and wakes a waiting writer.
-    fn consume_until(&self, filling: &mut Filling, pos: u64) {
-        filling.read_pos = filling.read_pos.max(pos);
-        let passed = (filling.read_pos / CHUNK_FRAMES as u64).saturating_sub(filling.first_chunk);
-        let passed = (passed as usize).min(filling.chunks.len());
-        if passed > 0 {
-            filling.chunks.drain(..passed);
-            filling.first_chunk += passed as u64;
-            self.cond.notify_all();
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.cache.unregister(id);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn read_chunks(
-        chunks: &[Chunk],
-        tail: &[i16],
-        first_chunk: u64,
-        total_frames: u64,
-        channels: usize,
-        pos: u64,
-        max_frames: usize,
-        visit: &mut impl FnMut(&[i16]),
-    ) -> usize {
-        if pos >= total_frames {
-            return 0;
-        }
-        let frames = (max_frames as u64).min(total_frames - pos) as usize;
-        let mut chunk = (pos / CHUNK_FRAMES as u64 - first_chunk) as usize;
-        let mut offset = (pos % CHUNK_FRAMES as u64) as usize * channels;
-        let mut left = frames * channels;
-        while left > 0 {
-            let samples: &[i16] = match chunks.get(chunk) {
-                Some(c) => &c.samples,
-                None => tail,
-            };
-            let n = (samples.len() - offset).min(left);
-            visit(&samples[offset..offset + n]);
-            left -= n;
-            chunk += 1;
-            offset = 0;
-        }
-        frames
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// `frames` frames of a ramp (sample i of the stream is i % 30000) from frame `start` on.
     fn ramp(frames: usize, channels: usize, start: usize) -> Vec<u8> {
         (start * channels..(start + frames) * channels)
             .flat_map(|i| ((i % 30000) as i16).to_ne_bytes())
             .collect()
     }
 
-    fn collect(cache: &PcmCache, pos: u64, n: usize) -> Vec<i16> {
+    fn expect(from: usize, frames: usize, channels: usize) -> Vec<i16> {
+        (from * channels..(from + frames) * channels)
+            .map(|i| (i % 30000) as i16)
+            .collect()
+    }
+
+    fn collect(reader: &mut Reader, n: usize) -> (Read, Vec<i16>) {
         let mut out = Vec::new();
-        cache
-            .read(pos, n, || false, |s| out.extend_from_slice(s))
+        let read = reader
+            .read(n, None, || false, |s| out.extend_from_slice(s))
             .unwrap();
-        out
+        (read, out)
     }
 
     #[test]
-    fn reads_across_chunks_while_filling_and_after_freeze() {
+    fn reads_across_chunks_while_filling_and_after_completion() {
         gst::init().unwrap();
-        let cache = PcmCache::new(48000, 2);
+        let cache = Arc::new(PcmCache::new(48000, 2, u64::MAX));
+        let mut reader = cache.reader().unwrap();
         let total = CHUNK_FRAMES * 2 + 100;
         cache.push_bytes(&ramp(CHUNK_FRAMES + 10, 2, 0));
         cache.push_bytes(&ramp(total - CHUNK_FRAMES - 10, 2, CHUNK_FRAMES + 10));
-        let expect: Vec<i16> = (0..total * 2).map(|i| (i % 30000) as i16).collect();
 
-        let pos = CHUNK_FRAMES as u64 - 5;
-        let got = collect(&cache, pos, CHUNK_FRAMES + 50);
-        assert_eq!(
-            got,
-            &expect[pos as usize * 2..(pos as usize + CHUNK_FRAMES + 50) * 2]
-        );
+        let mut got = Vec::new();
+        while got.len() < (CHUNK_FRAMES + 50) * 2 {
+            let (read, s) = collect(&mut reader, CHUNK_FRAMES + 50 - got.len() / 2);
+            assert!(matches!(read, Read::Frames(_)));
+            got.extend(s);
+        }
+        assert_eq!(got, expect(0, CHUNK_FRAMES + 50, 2));
         assert_eq!(cache.complete_frames(), None);
 
-        cache.finish();
+        assert!(!cache.end_pass(), "a complete cache needs no second pass");
         assert_eq!(cache.complete_frames(), Some(total as u64));
         assert_eq!(cache.byte_size(), total as u64 * 4);
-        let got = collect(&cache, 0, total + 1000);
-        assert_eq!(got, expect);
-        assert_eq!(collect(&cache, total as u64, 10), Vec::<i16>::new());
+        let mut rest = Vec::new();
+        loop {
+            match collect(&mut reader, 1000) {
+                (Read::Frames(_), s) => rest.extend(s),
+                (read, _) => {
+                    assert_eq!(read, Read::PassEnd);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            rest,
+            expect(CHUNK_FRAMES + 50, total - CHUNK_FRAMES - 50, 2)
+        );
+        // Looping starts again at frame 0.
+        assert!(reader.next_pass());
+        assert_eq!(collect(&mut reader, 10).1, expect(0, 10, 2));
     }
 
     #[test]
     fn shared_memories_hold_the_same_samples() {
         gst::init().unwrap();
-        let cache = PcmCache::new(8000, 1);
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let mut reader = cache.reader().unwrap();
         let mut buffer = gst::Buffer::new();
-        assert_eq!(cache.share_into(0, 10, buffer.get_mut().unwrap()), None);
+        assert_eq!(reader.share_into(10, buffer.get_mut().unwrap()), None);
         cache.push_bytes(&ramp(CHUNK_FRAMES + 20, 1, 0));
-        cache.finish();
-        let pos = CHUNK_FRAMES as u64 - 4;
+        cache.end_pass();
+        let pos = CHUNK_FRAMES - 4;
+        collect(&mut reader, pos);
         assert_eq!(
-            cache.share_into(pos, 10, buffer.get_mut().unwrap()),
-            Some(10)
+            reader.share_into(10, buffer.get_mut().unwrap()),
+            Some(Read::Frames(10))
         );
         assert_eq!(buffer.n_memory(), 2);
         let map = buffer.map_readable().unwrap();
@@ -474,49 +785,143 @@ mod tests {
             .chunks_exact(2)
             .map(|b| i16::from_ne_bytes([b[0], b[1]]))
             .collect();
-        let expect: Vec<i16> = (pos..pos + 10).map(|i| i as i16).collect();
-        assert_eq!(got, expect);
+        assert_eq!(got, expect(pos, 10, 1));
     }
 
     #[test]
     fn failure_reaches_readers_after_the_decoded_part() {
         gst::init().unwrap();
-        let cache = PcmCache::new(8000, 1);
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let mut reader = cache.reader().unwrap();
         cache.push_bytes(&ramp(10, 1, 0));
         cache.fail(gst::error_msg!(gst::StreamError::Decode, ("broken")));
-        assert_eq!(collect(&cache, 0, 20).len(), 10);
+        assert_eq!(collect(&mut reader, 20).0, Read::Frames(10));
         assert!(matches!(
-            cache.read(10, 20, || false, |_| ()),
+            reader.read(20, None, || false, |_| ()),
             Err(ReadError::Failed(_))
         ));
     }
 
     #[test]
-    fn a_waiting_reader_is_woken_by_data_and_by_cancel() {
+    fn a_waiting_reader_is_woken_by_data_by_cancel_and_by_its_deadline() {
         gst::init().unwrap();
-        let cache = Arc::new(PcmCache::new(8000, 1));
-        let c = cache.clone();
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let mut reader = cache.reader().unwrap();
         let reader = std::thread::spawn(move || {
             let mut n = 0;
-            c.read(0, 5, || false, |s| n += s.len()).map(|_| n)
+            let read = reader.read(5, None, || false, |s| n += s.len());
+            (reader, read, n)
         });
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
         cache.push_bytes(&ramp(5, 1, 0));
-        assert_eq!(reader.join().unwrap(), Ok(5));
+        let (mut reader, read, n) = reader.join().unwrap();
+        assert_eq!((read, n), (Ok(Read::Frames(5)), 5));
 
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c, flag) = (cache.clone(), cancel.clone());
-        let reader = std::thread::spawn(move || {
-            c.read(
-                100,
-                5,
-                || flag.load(std::sync::atomic::Ordering::SeqCst),
-                |_| (),
-            )
+        // Nothing more is decoded: a deadline ends the wait with nothing read.
+        let deadline = Instant::now() + Duration::from_millis(10);
+        assert_eq!(
+            reader.read(5, Some(deadline), || false, |_| ()),
+            Ok(Read::NotYet)
+        );
+        assert_eq!(reader.position(), 5);
+
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let waiting = std::thread::spawn(move || {
+            reader.read(5, None, || flag.load(Ordering::SeqCst), |_| ())
         });
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        cancel.store(true, Ordering::SeqCst);
         cache.wake();
-        assert_eq!(reader.join().unwrap(), Err(ReadError::Cancelled));
+        assert_eq!(waiting.join().unwrap(), Err(ReadError::Cancelled));
+    }
+
+    #[test]
+    fn a_cache_over_its_limit_becomes_a_bounded_window() {
+        gst::init().unwrap();
+        // Mono 8 kHz: a chunk is 32 KiB. The limit is three chunks.
+        let limit = 3 * CHUNK_FRAMES as u64 * 2;
+        let cache = Arc::new(PcmCache::new(8000, 1, limit));
+        let mut reader = cache.reader().unwrap();
+        let total = CHUNK_FRAMES * 40;
+        let writer = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                for start in (0..total).step_by(1000) {
+                    cache.push_bytes(&ramp(1000.min(total - start), 1, start));
+                }
+                cache.end_pass()
+            })
+        };
+        let mut got = 0usize;
+        let mut most_held = 0u64;
+        while got < total {
+            let mut ok = true;
+            let read = reader
+                .read(
+                    700,
+                    None,
+                    || false,
+                    |s| {
+                        ok &= s == &expect(got, s.len(), 1)[..];
+                        got += s.len();
+                    },
+                )
+                .unwrap();
+            assert!(ok, "samples differ at frame {got}");
+            assert!(matches!(read, Read::Frames(_)), "{read:?} at {got}");
+            most_held = most_held.max(cache.byte_size());
+        }
+        // It streams: the next pass is asked for, and memory stayed near the limit, far below
+        // the 1.3 MB the file decodes to.
+        assert!(writer.join().unwrap());
+        assert_eq!(cache.complete_frames(), None);
+        assert!(
+            most_held <= limit + 4 * CHUNK_FRAMES as u64 * 2,
+            "held {most_held}"
+        );
+        // A late reader cannot start a stream whose start is gone.
+        assert!(cache.reader().is_none());
+    }
+
+    #[test]
+    fn a_stream_continues_across_passes_and_ends_when_it_cannot_loop() {
+        gst::init().unwrap();
+        let cache = Arc::new(PcmCache::streaming(8000, 1, 1 << 20));
+        let mut reader = cache.reader().unwrap();
+        // Two passes of 300 frames, decoded ahead of the reader.
+        cache.push_bytes(&ramp(300, 1, 0));
+        assert!(cache.end_pass());
+        cache.push_bytes(&ramp(300, 1, 0));
+        assert!(cache.end_pass());
+
+        assert_eq!(
+            collect(&mut reader, 1000),
+            (Read::Frames(300), expect(0, 300, 1))
+        );
+        assert_eq!(collect(&mut reader, 1000).0, Read::PassEnd);
+        assert!(reader.next_pass());
+        assert_eq!(
+            collect(&mut reader, 1000),
+            (Read::Frames(300), expect(0, 300, 1))
+        );
+        assert_eq!(collect(&mut reader, 1000).0, Read::PassEnd);
+        // The source could not seek back for a third pass.
+        cache.end_stream("cannot loop".to_owned());
+        assert!(reader.next_pass());
+        assert_eq!(
+            reader.read(10, None, || false, |_| ()),
+            Err(ReadError::Ended("cannot loop".to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_empty_pass_is_not_looped() {
+        gst::init().unwrap();
+        let cache = Arc::new(PcmCache::streaming(8000, 1, 1 << 20));
+        let mut reader = cache.reader().unwrap();
+        assert!(!cache.end_pass(), "no second pass of an empty stream");
+        assert_eq!(collect(&mut reader, 10).0, Read::PassEnd);
+        assert!(!reader.next_pass());
     }
 }

@@ -4,10 +4,15 @@
 //! `uridecodebin ! audioconvert ! audioresample ! capsfilter ! appsink` that turns the file into
 //! interleaved S16 at the negotiated rate and channel count and appends it to a `PcmCache`.
 //!
-//! Start-up is in two steps so the element can negotiate with the file's own format in hand:
-//! `Decoder::open` starts the pipeline and returns once the first audio stream shows its caps,
-//! with data held back by a blocking probe; `Decoder::start_output` then sets the output format
-//! and lets the decoded samples flow into the cache, beside playout.
+//! Nothing here blocks the caller. `Decoder::start` builds the pipeline, sets it playing and
+//! returns; decoded data is held back by a blocking probe until the output format is known.
+//! Whoever needs the file's own format waits for it on the chain's `Shared` (`wait_native`), with
+//! a deadline and a cancel check, and may share that wait with other elements on the same file.
+//! `Decoder::start_output` then sets the output format and lets the samples flow into the cache.
+//!
+//! At the end of the file a complete cache is frozen; a streaming one marks the end of the pass
+//! and the decoder seeks back to the start at once, from a thread of its own, so the next pass
+//! decodes while the readers are still a window behind.
 //!
 //! Failures of the private pipeline are turned into error messages that name the file, with the
 //! GStreamer domain and code of the original failure.
@@ -15,14 +20,13 @@
 use gst::glib;
 use gst::prelude::*;
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 use super::cache::PcmCache;
-use super::imp::CAT;
-
-/// How long `open` waits for the file to show its audio format before giving up.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+use super::CAT;
 
 /// The decoded stream's own format, before any conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,20 @@ pub struct NativeFormat {
     pub duration: Option<gst::ClockTime>,
 }
 
+/// Why `wait_native` returned without a format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// The waiter is flushing (its `cancelled` check said so).
+    Cancelled,
+    /// The deadline passed first.
+    TimedOut,
+    /// The decode chain was shut down before it showed a format (its owner stopped): whoever
+    /// still needs the format starts a probe of their own.
+    Abandoned,
+    /// The decode chain failed.
+    Failed(gst::ErrorMessage),
+}
+
 #[derive(Debug, Default)]
 struct Probe {
     native: Option<NativeFormat>,
@@ -43,19 +61,81 @@ struct Probe {
     /// The cache once output started; decoded samples, EOS and errors go there.
     cache: Option<Arc<PcmCache>>,
     eos: bool,
+    /// The decode chain was shut down.
+    abandoned: bool,
+    /// The source is live: it cannot seek.
+    live: bool,
 }
 
-/// What the private pipeline's callbacks share with the `Decoder`.
+/// What the private pipeline's callbacks share with the `Decoder`, and with every element
+/// waiting for the stream's format.
 #[derive(Debug)]
-struct Shared {
+pub struct Shared {
     location: String,
     probe: Mutex<Probe>,
     cond: Condvar,
 }
 
 impl Shared {
+    /// `location` is what the user set, used in error messages.
+    pub fn new(location: &str) -> Arc<Shared> {
+        Arc::new(Shared {
+            location: location.to_owned(),
+            probe: Mutex::new(Probe::default()),
+            cond: Condvar::new(),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Probe> {
         self.probe.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the decode chain behind this was shut down.
+    pub fn is_abandoned(&self) -> bool {
+        self.lock().abandoned
+    }
+
+    /// Waits until the stream shows its format, the chain fails or is shut down, `deadline`
+    /// passes, or `cancelled()` is true after a `wake()`.
+    pub fn wait_native(
+        &self,
+        deadline: Option<Instant>,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<NativeFormat, WaitError> {
+        let mut probe = self.lock();
+        loop {
+            if let Some(native) = probe.native {
+                return Ok(native);
+            }
+            if let Some(err) = &probe.error {
+                return Err(WaitError::Failed(err.clone()));
+            }
+            if probe.abandoned {
+                return Err(WaitError::Abandoned);
+            }
+            if cancelled() {
+                return Err(WaitError::Cancelled);
+            }
+            probe = match deadline {
+                None => self.cond.wait(probe).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(WaitError::TimedOut);
+                    }
+                    self.cond
+                        .wait_timeout(probe, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Wakes every waiter in `wait_native`, so it can check its `cancelled` condition.
+    pub fn wake(&self) {
+        let _guard = self.lock();
+        self.cond.notify_all();
     }
 
     fn on_native_format(&self, format: NativeFormat) {
@@ -81,15 +161,46 @@ impl Shared {
         self.cond.notify_all();
     }
 
-    fn on_eos(&self) {
+    /// The end of the file reached the appsink (on its streaming thread).
+    fn on_eos(&self, pipeline: Option<gst::Element>) {
         let mut probe = self.lock();
         probe.eos = true;
         let cache = probe.cache.clone();
         drop(probe);
-        if let Some(cache) = cache {
-            cache.finish();
-        }
         self.cond.notify_all();
+        let Some(cache) = cache else {
+            return;
+        };
+        if !cache.end_pass() {
+            return;
+        }
+        // Streaming: start the next pass now, while the readers are still a window behind. Not
+        // from this streaming thread: a flushing seek must come from outside it.
+        let Some(pipeline) = pipeline else {
+            return;
+        };
+        let location = self.location.clone();
+        let live = self.lock().live;
+        pipeline.call_async(move |pipeline| {
+            let seeked = pipeline.seek_simple(
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::ClockTime::ZERO,
+            );
+            match seeked {
+                Ok(()) => gst::debug!(CAT, obj = pipeline, "Next pass of '{}'", location),
+                Err(_) => {
+                    gst::info!(CAT, obj = pipeline, "'{}' cannot seek back", location);
+                    cache.end_stream(if live {
+                        format!("'{location}' is a live source: it cannot be looped")
+                    } else {
+                        format!(
+                            "'{location}' cannot be looped: it decodes to more than \
+                             max-cache-size and its source cannot seek back to the start"
+                        )
+                    });
+                }
+            }
+        });
     }
 
     fn on_samples(&self, bytes: &[u8]) {
@@ -149,6 +260,77 @@ impl Shared {
     }
 }
 
+/// The elements uridecodebin may plug for `caps`: what its default `autoplug-factories` handler
+/// answers (decodable factories of at least marginal rank that accept the caps, highest rank
+/// first), but worked out once per process and caps instead of once per decode chain. Every
+/// uridecodebin and decodebin builds and sorts the registry's factory list for itself and
+/// intersects the caps with each factory's templates: the largest part of starting a chain.
+/// The answers are dropped whenever the registry's feature list changes.
+fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
+    #[derive(Default)]
+    struct Factories {
+        cookie: Option<u32>,
+        all: Arc<Vec<gst::ElementFactory>>,
+        by_caps: HashMap<String, Arc<Vec<gst::ElementFactory>>>,
+    }
+    static FACTORIES: LazyLock<Mutex<Factories>> = LazyLock::new(Default::default);
+    const MAX_CAPS: usize = 256;
+
+    let Some(caps) = caps else {
+        return glib::ValueArray::new(std::iter::empty::<gst::ElementFactory>());
+    };
+    let cookie = gst::Registry::get().feature_list_cookie();
+    let key = caps.to_string();
+    let lock = || FACTORIES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut factories = lock();
+    if factories.cookie != Some(cookie) {
+        let mut all: Vec<gst::ElementFactory> = gst::ElementFactory::factories_with_type(
+            gst::ElementFactoryType::DECODABLE,
+            gst::Rank::MARGINAL,
+        )
+        .into_iter()
+        .collect();
+        // As uridecodebin does, with gst_plugin_feature_rank_compare_func: rank descending,
+        // then name ascending (so equal-rank decoders are chosen as the stock chain does).
+        all.sort_by(|a, b| {
+            b.rank()
+                .cmp(&a.rank())
+                .then_with(|| a.name().cmp(&b.name()))
+        });
+        *factories = Factories {
+            cookie: Some(cookie),
+            all: Arc::new(all),
+            by_caps: HashMap::new(),
+        };
+    }
+    if let Some(list) = factories.by_caps.get(&key) {
+        return glib::ValueArray::new(list.iter());
+    }
+    let all = factories.all.clone();
+    drop(factories);
+    // As gst_element_factory_list_filter, outside the lock.
+    let fixed = caps.is_fixed();
+    let list: Arc<Vec<gst::ElementFactory>> = Arc::new(
+        all.iter()
+            .filter(|f| {
+                if fixed {
+                    f.can_sink_all_caps(caps)
+                } else {
+                    f.can_sink_any_caps(caps)
+                }
+            })
+            .cloned()
+            .collect(),
+    );
+    let mut factories = lock();
+    if factories.by_caps.len() >= MAX_CAPS {
+        factories.by_caps.clear();
+    }
+    factories.by_caps.insert(key, list.clone());
+    drop(factories);
+    glib::ValueArray::new(list.iter())
+}
+
 /// The running decode chain for one file. Dropping it shuts the private pipeline down.
 #[derive(Debug)]
 pub struct Decoder {
@@ -156,85 +338,102 @@ pub struct Decoder {
     capsfilter: gst::Element,
     shared: Arc<Shared>,
     block: Option<(gst::Pad, gst::PadProbeId)>,
+    live: bool,
 }
 
 impl Decoder {
-    /// Builds and starts the decode chain for `uri` and waits until the first audio stream shows
-    /// its format. `location` is what the user set, used in error messages.
-    pub fn open(uri: &str, location: &str) -> Result<(Decoder, NativeFormat), gst::ErrorMessage> {
-        let shared = Arc::new(Shared {
-            location: location.to_owned(),
-            probe: Mutex::new(Probe::default()),
-            cond: Condvar::new(),
-        });
-        let mut decoder = Self::build(uri, &shared).map_err(|err| {
-            gst::error_msg!(
+    /// Builds the decode chain for `uri` and sets it playing; returns at once. The stream's
+    /// format arrives on `shared` (`Shared::wait_native`); failures too, and are returned here
+    /// as well when they happen at once.
+    pub fn start(
+        uri: &str,
+        file: Option<&Path>,
+        shared: &Arc<Shared>,
+    ) -> Result<Decoder, gst::ErrorMessage> {
+        let mut decoder = Self::build(uri, file, shared).map_err(|err| {
+            let err = gst::error_msg!(
                 gst::CoreError::MissingPlugin,
-                ("Cannot build the decode chain for '{}': {}", location, err)
-            )
+                (
+                    "Cannot build the decode chain for '{}': {}",
+                    shared.location,
+                    err
+                )
+            );
+            shared.on_error(err.clone());
+            err
         })?;
 
-        if decoder.pipeline.set_state(gst::State::Paused).is_err() {
+        // A live source (udp://, rtsp://) produces nothing in PAUSED: tell it by the answer to
+        // PAUSED, then go on to PLAYING either way. (A local file is never live: it goes to
+        // PLAYING in one step.) Data is held back by the blocking probe until the output format
+        // is known.
+        let playing = if file.is_some() {
+            decoder.pipeline.set_state(gst::State::Playing)
+        } else {
+            let paused = decoder.pipeline.set_state(gst::State::Paused);
+            decoder.live = paused == Ok(gst::StateChangeSuccess::NoPreroll);
+            shared.lock().live = decoder.live;
+            paused.and_then(|_| decoder.pipeline.set_state(gst::State::Playing))
+        };
+        if playing.is_err() {
             // The element that failed has normally posted the reason on the bus already.
-            let err = shared.lock().error.take();
-            decoder.shutdown();
-            return Err(err.unwrap_or_else(|| {
+            let err = shared.lock().error.clone().unwrap_or_else(|| {
                 gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ("Could not open '{}'", location)
+                    ("Could not open '{}'", shared.location)
                 )
-            }));
+            });
+            shared.on_error(err.clone());
+            decoder.shutdown();
+            return Err(err);
         }
-
-        let deadline = Instant::now() + OPEN_TIMEOUT;
-        let mut probe = shared.lock();
-        let result = loop {
-            if let Some(err) = probe.error.take() {
-                break Err(err);
-            }
-            if let Some(native) = probe.native {
-                break Ok(native);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break Err(gst::error_msg!(
-                    gst::ResourceError::Read,
-                    (
-                        "'{}' showed no audio format within {} s",
-                        location,
-                        OPEN_TIMEOUT.as_secs()
-                    )
-                ));
-            }
-            probe = shared
-                .cond
-                .wait_timeout(probe, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        };
-        drop(probe);
-
-        match result {
-            Ok(mut native) => {
-                native.duration = decoder.duration();
-                gst::debug!(CAT, "'{}' decodes to {:?}", location, native);
-                Ok((decoder, native))
-            }
-            Err(err) => {
-                decoder.shutdown();
-                Err(err)
-            }
-        }
+        gst::debug!(
+            CAT,
+            obj = decoder.pipeline,
+            "Started decoding '{}'{}",
+            shared.location,
+            if decoder.live { " (live source)" } else { "" }
+        );
+        Ok(decoder)
     }
 
-    fn build(uri: &str, shared: &Arc<Shared>) -> Result<Decoder, glib::BoolError> {
+    /// Whether the source is live: it produces in real time and cannot be read ahead.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// A local file is read by `filesrc ! decodebin`, anything else by `uridecodebin`: for a
+    /// file they plug the same elements, but uridecodebin looks its source up among every URI
+    /// handler of the registry first, which costs more than the rest of starting the chain.
+    fn build(
+        uri: &str,
+        file: Option<&Path>,
+        shared: &Arc<Shared>,
+    ) -> Result<Decoder, glib::BoolError> {
         let pipeline = gst::Pipeline::builder().name("bgaudiosrc-decoder").build();
-        let source = gst::ElementFactory::make("uridecodebin")
-            .property("uri", uri)
-            .property("caps", gst::Caps::builder("audio/x-raw").build())
-            // Streams that are not audio are neither decoded nor exposed.
-            .property("expose-all-streams", false)
-            .build()?;
+        let (input, source) = match file {
+            Some(path) => {
+                let filesrc = gst::ElementFactory::make("filesrc")
+                    .property("location", path.to_string_lossy().as_ref())
+                    .build()?;
+                let decodebin = gst::ElementFactory::make("decodebin").build()?;
+                pipeline.add(&filesrc)?;
+                (Some(filesrc), decodebin)
+            }
+            None => (
+                None,
+                gst::ElementFactory::make("uridecodebin")
+                    .property("uri", uri)
+                    .build()?,
+            ),
+        };
+        source.set_property("caps", gst::Caps::builder("audio/x-raw").build());
+        // Streams that are not audio are neither decoded nor exposed.
+        source.set_property("expose-all-streams", false);
+        source.connect("autoplug-factories", false, |args| {
+            let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+            Some(decodable_factories(caps.as_ref()).to_value())
+        });
         // No dither: the cache is replayed many times, so a deterministic conversion (the same
         // samples on every run and in every instance) matters more than shaping the rounding noise
         // of float decoders once.
@@ -260,6 +459,9 @@ impl Decoder {
             appsink.upcast_ref(),
         ])?;
         gst::Element::link_many([&convert, &resample, &capsfilter, appsink.upcast_ref()])?;
+        if let Some(input) = &input {
+            input.link(&source)?;
+        }
 
         // Hold decoded data back until the output format is known (see `start_output`); caps
         // and other events still pass, so the native format can be read off the pad.
@@ -295,7 +497,7 @@ impl Decoder {
                 rate: s.get::<i32>("rate").unwrap_or(48_000),
                 channels: s.get::<i32>("channels").unwrap_or(2),
                 channel_mask: s.get::<gst::Bitmask>("channel-mask").ok().map(|m| *m),
-                duration: None,
+                duration: pad.query_duration::<gst::ClockTime>(),
             };
             if let Err(err) = pad.link(&sink) {
                 shared.on_error(gst::error_msg!(
@@ -324,9 +526,12 @@ impl Decoder {
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })
-                .eos(move |_| {
+                .eos(move |sink| {
                     if let Some(shared) = weak_eos.upgrade() {
-                        shared.on_eos();
+                        let pipeline = sink
+                            .parent()
+                            .and_then(|p| p.downcast::<gst::Element>().ok());
+                        shared.on_eos(pipeline);
                     }
                 })
                 .build(),
@@ -369,6 +574,7 @@ impl Decoder {
             capsfilter,
             shared: shared.clone(),
             block: Some((convert_sink, block)),
+            live: false,
         })
     }
 
@@ -388,23 +594,18 @@ impl Decoder {
 
         let mut probe = self.shared.lock();
         probe.cache = Some(cache.clone());
-        let (eos, error) = (probe.eos, probe.error.take());
+        let (eos, error) = (probe.eos, probe.error.clone());
         drop(probe);
         if let Some(err) = error {
             cache.fail(err);
         } else if eos {
-            cache.finish();
+            // An empty stream: nothing will be decoded, the pass is over.
+            self.shared.on_eos(Some(self.pipeline.clone().upcast()));
         }
 
         if let Some((pad, id)) = self.block.take() {
             pad.remove_probe(id);
         }
-        self.pipeline.set_state(gst::State::Playing).map_err(|_| {
-            gst::error_msg!(
-                gst::StreamError::Decode,
-                ("Could not start decoding '{}'", self.shared.location)
-            )
-        })?;
         Ok(())
     }
 
@@ -413,28 +614,13 @@ impl Decoder {
         self.pipeline.query_duration::<gst::ClockTime>()
     }
 
-    /// Starts the file again from its beginning (a flushing seek), for the next pass of a
-    /// file too long to cache.
-    pub fn rewind(&self) -> Result<(), gst::ErrorMessage> {
-        self.pipeline
-            .seek_simple(
-                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
-                gst::ClockTime::ZERO,
-            )
-            .map_err(|_| {
-                gst::error_msg!(
-                    gst::ResourceError::Seek,
-                    (
-                        "Could not seek back to the start of '{}' to loop it",
-                        self.shared.location
-                    )
-                )
-            })
-    }
-
     fn shutdown(&mut self) {
-        // A writer waiting for room in a bounded cache must not hold the streaming thread.
-        let cache = self.shared.lock().cache.clone();
+        // A writer waiting for room in a streaming cache must not hold the streaming thread.
+        let mut probe = self.shared.lock();
+        probe.abandoned = true;
+        let cache = probe.cache.clone();
+        drop(probe);
+        self.shared.cond.notify_all();
         if let Some(cache) = cache {
             cache.close();
         }

@@ -9,20 +9,14 @@ use gst_base::subclass::prelude::*;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Instant;
 
-use super::cache::{PcmCache, ReadError};
-use super::decoder::{Decoder, NativeFormat};
+use super::cache::{PcmCache, Read, ReadError, Reader};
+use super::decoder::{self, Decoder, NativeFormat, WaitError};
 use super::gain::{self, Envelope};
-use super::registry::{self, CacheKey, Entry, FileId};
-use super::BgAudioSrcMode;
-
-pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "bgaudiosrc",
-        gst::DebugColorFlags::empty(),
-        Some("Background audio source"),
-    )
-});
+use super::registry::{self, CacheKey, FileId, Lease, Probe};
+use super::startup::{self, Startup};
+use super::{BgAudioSrcMode, CAT};
 
 const DEFAULT_LOCATION: Option<String> = None;
 const DEFAULT_VOLUME: f64 = 1.0;
@@ -38,8 +32,7 @@ const MAX_FADE: gst::ClockTime = gst::ClockTime::from_seconds(10);
 /// makes an audible step (zipper noise).
 const VOLUME_RAMP: gst::ClockTime = gst::ClockTime::from_mseconds(10);
 const DEFAULT_MAX_CACHE_SIZE: u64 = 64 * 1024 * 1024;
-/// The window a file too long to cache is streamed through.
-const STREAM_WINDOW_BYTES: u64 = 256 * 1024;
+const DEFAULT_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -51,6 +44,8 @@ struct Settings {
     fade_in: gst::ClockTime,
     fade_out: gst::ClockTime,
     max_cache_size: u64,
+    /// How long the source may take to show its audio format; `None` waits for ever.
+    timeout: Option<gst::ClockTime>,
 }
 
 impl Default for Settings {
@@ -64,6 +59,7 @@ impl Default for Settings {
             fade_in: DEFAULT_FADE_IN,
             fade_out: DEFAULT_FADE_OUT,
             max_cache_size: DEFAULT_MAX_CACHE_SIZE,
+            timeout: Some(DEFAULT_TIMEOUT),
         }
     }
 }
@@ -78,34 +74,69 @@ struct Playout {
     fade_out: gst::ClockTime,
 }
 
-/// What exists between `start` and `stop`.
-#[derive(Debug, Default)]
-struct State {
+/// What the element plays, as `start` found it.
+#[derive(Debug, Clone)]
+struct Source {
+    /// The URI to decode.
+    uri: String,
+    /// The location as the user gave it, for messages.
+    location: String,
+    /// The file on disk, when the location is a local file: what decoded copies and probes are
+    /// shared by.
+    file: Option<FileId>,
+}
+
+/// From `start` until the output format is set: learning the file's own format. Nothing here
+/// blocks `start`; the wait happens on the streaming thread, in `negotiate`.
+#[derive(Debug)]
+struct Starting {
+    source: Source,
+    /// When the source must have shown its format by (`timeout`).
+    deadline: Option<Instant>,
+    /// The decode chain whose format this element waits for: its own, or one it joined.
+    waiting: Option<Arc<decoder::Shared>>,
+    /// The decode chain this element started to learn the format; it fills the decoded copy if
+    /// this element is the one to make it.
     decoder: Option<Decoder>,
     native: Option<NativeFormat>,
-    /// The file on disk, when the location is a local file: part of the shared cache's key.
-    file: Option<FileId>,
-    /// The URI to decode and the location as the user gave it (for messages).
-    uri: String,
-    location: String,
-    /// The decoded copy this element plays, shared with every element playing the same file
-    /// in the same format.
-    entry: Option<Arc<Entry>>,
+}
+
+/// From the output format on: playing a decoded copy.
+#[derive(Debug)]
+struct Running {
+    native: NativeFormat,
+    /// The decoded copy, shared with every element playing the same file in the same format.
+    lease: Lease,
     /// The entry's decode chain was shut down after the cache completed.
     decoder_released: bool,
-    info: Option<gst_audio::AudioInfo>,
+    info: gst_audio::AudioInfo,
     frames_per_buffer: usize,
-    /// Next frame to read from the file (the cache).
-    position: u64,
     /// Frames output so far: every timestamp and offset comes from this counter.
     sample_offset: u64,
     /// Gain per output frame: volume ramps and fades. Made at the first buffer.
     envelope: Option<Envelope>,
-    /// The `fade-out` signal came; the next buffer starts the fade.
-    fade_out_pending: bool,
     /// Running time of frame 0: zero in playback mode; in mixing mode the running time at which
     /// the element started, so that it joins a running mixer at once.
     timestamp_offset: Option<gst::ClockTime>,
+}
+
+/// The element's phases: a stopped element has no source, a starting one no copy to play.
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Stopped,
+    Starting(Starting),
+    Running(Box<Running>),
+}
+
+impl State {
+    fn native(&self) -> Option<NativeFormat> {
+        match self {
+            State::Stopped => None,
+            State::Starting(starting) => starting.native,
+            State::Running(running) => Some(running.native),
+        }
+    }
 }
 
 /// How `fill_copied` scales the samples it copies.
@@ -116,12 +147,33 @@ enum Gain<'a> {
     Envelope(&'a Envelope, u64),
 }
 
+/// What a fill produced.
+#[derive(Debug)]
+enum Fill {
+    /// `frames` output frames, all silence (nothing was decoded in time) when `gap`.
+    Buffer {
+        buffer: gst::Buffer,
+        frames: usize,
+        gap: bool,
+    },
+    /// The end of the file (of its last pass): EOS.
+    End,
+}
+
 #[derive(Default)]
 pub struct BgAudioSrc {
     settings: Mutex<Settings>,
     state: Mutex<State>,
-    /// Set by `unlock`: cache and clock waits return at once.
+    /// This element's place in its decoded copy. Used only by the streaming thread (and by
+    /// `stop` once that thread is gone), apart from `state` so that reading, which may wait for
+    /// the decoder, holds no lock that `unlock` or a query needs.
+    reader: Mutex<Option<Reader>>,
+    /// Set by `unlock`: format, cache and clock waits return at once.
     flushing: AtomicBool,
+    /// Held from `start` to the first buffer: start-up turns, and decoders give way meanwhile.
+    startup: Mutex<Option<Startup>>,
+    /// The `fade-out` signal came; the next buffer starts the fade.
+    fade_out_pending: AtomicBool,
     /// The clock wait in progress in mixing mode, for `unlock` to cancel.
     clock_id: Mutex<Option<gst::SingleShotClockId>>,
 }
@@ -191,15 +243,28 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_FADE_OUT.nseconds())
                     .mutable_playing()
                     .build(),
-                /// Files that decode to more than this are not cached: they loop by seeking the
-                /// decoder back to their start, through a small window, so memory stays flat.
+                /// The most decoded audio kept in memory for this file, whether its length is
+                /// known, unknown or wrong. A file that decodes to more streams through a small
+                /// window instead and loops by seeking its decoder back to the start.
                 glib::ParamSpecUInt64::builder("max-cache-size")
                     .nick("Maximum cache size")
                     .blurb(
-                        "Largest decoded size in bytes kept in memory; longer files loop by \
-                         seeking the decoder instead",
+                        "Most bytes of decoded audio kept in memory; a longer file or stream \
+                         plays through a small window and loops by seeking its source",
                     )
                     .default_value(DEFAULT_MAX_CACHE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                /// How long the source may take to show its audio format (a network source
+                /// that accepts and never answers, a live stream that sends nothing) before the
+                /// element fails with an error naming it.
+                glib::ParamSpecUInt64::builder("timeout")
+                    .nick("Timeout")
+                    .blurb(
+                        "Nanoseconds the source may take to show its audio format before an \
+                         error (0 = wait for ever)",
+                    )
+                    .default_value(DEFAULT_TIMEOUT.nseconds())
                     .mutable_ready()
                     .build(),
             ]
@@ -295,6 +360,11 @@ impl ObjectImpl for BgAudioSrc {
                     settings.max_cache_size
                 );
             }
+            "timeout" => {
+                let ns: u64 = value.get().expect("type checked upstream");
+                settings.timeout = (ns > 0).then(|| gst::ClockTime::from_nseconds(ns));
+                gst::info!(CAT, imp = self, "Timeout set to {:?}", settings.timeout);
+            }
             _ => unimplemented!(),
         }
     }
@@ -310,6 +380,7 @@ impl ObjectImpl for BgAudioSrc {
             "fade-in-duration" => settings.fade_in.nseconds().to_value(),
             "fade-out-duration" => settings.fade_out.nseconds().to_value(),
             "max-cache-size" => settings.max_cache_size.to_value(),
+            "timeout" => settings.timeout.map_or(0, |t| t.nseconds()).to_value(),
             _ => unimplemented!(),
         }
     }
@@ -365,6 +436,9 @@ impl ElementImpl for BgAudioSrc {
 }
 
 impl BaseSrcImpl for BgAudioSrc {
+    /// Checks what can be checked at once (the location, a local file's existence, kind and
+    /// permissions), then returns: the file's format is learnt on the streaming thread, in
+    /// `negotiate`, so no state change waits for a source, however slow.
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings().clone();
         let Some(location) = settings.location.filter(|l| !l.is_empty()) else {
@@ -374,57 +448,90 @@ impl BaseSrcImpl for BgAudioSrc {
             ));
         };
         let (uri, file) = location_to_uri(&location)?;
-        gst::debug!(CAT, imp = self, "Opening {}", uri);
-
-        // A file probed before (by any element of the process) is not opened again: without a
-        // decode chain of its own, the element shares the decoded copy, or opens one in
-        // `set_caps` if it needs a format nobody decodes yet.
-        let (decoder, native) = registry::probe(file.as_ref(), || Decoder::open(&uri, &location))?;
-        let known = decoder.is_none();
-        gst::info!(
-            CAT,
-            imp = self,
-            "'{}' decodes to {} Hz, {} channels{}",
-            location,
-            native.rate,
-            native.channels,
-            if known {
-                " (known from an earlier probe)"
-            } else {
-                ""
-            }
-        );
-        *self.state() = State {
-            decoder,
-            native: Some(native),
-            file,
-            uri,
-            location,
-            ..State::default()
-        };
+        if file.is_none() && !protocol_is_supported(&uri) {
+            return Err(gst::error_msg!(
+                gst::CoreError::MissingPlugin,
+                (
+                    "No installed element reads '{}': its protocol is not supported",
+                    location
+                )
+            ));
+        }
+        gst::debug!(CAT, imp = self, "Starting on {}", uri);
+        let deadline = settings
+            .timeout
+            .map(|t| Instant::now() + std::time::Duration::from_nanos(t.nseconds()));
+        *self.state() = State::Starting(Starting {
+            source: Source {
+                uri,
+                location,
+                file,
+            },
+            deadline,
+            waiting: None,
+            decoder: None,
+            native: None,
+        });
         self.flushing.store(false, Ordering::SeqCst);
+        self.fade_out_pending.store(false, Ordering::SeqCst);
+        *self.startup() = Some(Startup::new());
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.startup().take();
+        // The reader first, so a streaming cache no longer keeps data for it; then the lease and
+        // any decode chain, outside our locks.
+        let reader = self.reader().take();
+        drop(reader);
         let old = std::mem::take(&mut *self.state());
-        if let Some(entry) = &old.entry {
-            entry.cache.wake();
-        }
-        // Shuts the private pipeline down, outside our lock.
         drop(old);
         gst::info!(CAT, imp = self, "Stopped");
         Ok(())
     }
 
+    /// Learns the file's own format first (waiting on the streaming thread, interruptibly and
+    /// within `timeout`), so that `fixate` can prefer it, then negotiates as usual.
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        match self.take_turn().and_then(|()| self.wait_native()) {
+            Ok(_) => self.parent_negotiate(),
+            Err(WaitError::Cancelled) => {
+                // Flushing (a state change or a seek): negotiate again next time round; `create`
+                // returns FLUSHING meanwhile, which pauses the task without an error.
+                self.obj().src_pad().mark_reconfigure();
+                Ok(())
+            }
+            Err(err) => {
+                let err = match err {
+                    WaitError::Failed(err) => err,
+                    _ => {
+                        let (location, timeout) = self.timeout_context();
+                        gst::error_msg!(
+                            gst::ResourceError::Read,
+                            (
+                                "'{}' showed no audio format within {} (the 'timeout' property)",
+                                location,
+                                timeout
+                            )
+                        )
+                    }
+                };
+                self.post_error_message(err);
+                Err(gst::loggable_error!(
+                    CAT,
+                    "The source showed no audio format"
+                ))
+            }
+        }
+    }
+
     fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
         // Once the output started, the cache holds samples in one format: offer only that one,
         // so a renegotiation keeps it wherever downstream still allows it.
-        let current = self
-            .state()
-            .info
-            .as_ref()
-            .and_then(|info| info.to_caps().ok());
+        let current = match &*self.state() {
+            State::Running(running) => running.info.to_caps().ok(),
+            _ => None,
+        };
         let Some(current) = current else {
             return self.parent_caps(filter);
         };
@@ -435,7 +542,7 @@ impl BaseSrcImpl for BgAudioSrc {
     }
 
     fn fixate(&self, mut caps: gst::Caps) -> gst::Caps {
-        let native = self.state().native;
+        let native = self.state().native();
         caps.truncate();
         if let Some(native) = native {
             let caps = caps.make_mut();
@@ -463,88 +570,119 @@ impl BaseSrcImpl for BgAudioSrc {
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_audio::AudioInfo::from_caps(caps)
             .map_err(|_| gst::loggable_error!(CAT, "Invalid caps {}", caps))?;
-        let buffer_duration = self.settings().buffer_duration;
-        let frames_per_buffer = buffer_duration
+        let settings = self.settings().clone();
+        let frames_per_buffer = settings
+            .buffer_duration
             .nseconds()
             .mul_div_round(info.rate() as u64, gst::ClockTime::SECOND.nseconds())
             .unwrap_or(1)
             .max(1) as usize;
 
         let mut state = self.state();
-        if let Some(current) = &state.info {
-            let same = current.rate() == info.rate()
-                && current.channels() == info.channels()
-                && current.positions() == info.positions();
-            if same {
-                return Ok(());
+        let starting = match &mut *state {
+            State::Running(current) => {
+                let current = &current.info;
+                let same = current.rate() == info.rate()
+                    && current.channels() == info.channels()
+                    && current.positions() == info.positions();
+                if same {
+                    return Ok(());
+                }
+                return Err(gst::loggable_error!(
+                    CAT,
+                    "Cannot change to {} after the output started at {} Hz, {} channels",
+                    caps,
+                    current.rate(),
+                    current.channels()
+                ));
             }
-            return Err(gst::loggable_error!(
-                CAT,
-                "Cannot change to {} after the output started at {} Hz, {} channels",
-                caps,
-                current.rate(),
-                current.channels()
-            ));
-        }
-        let Some(native) = state.native else {
-            return Err(gst::loggable_error!(CAT, "Not started"));
+            State::Starting(starting) if starting.native.is_some() => starting,
+            _ => return Err(gst::loggable_error!(CAT, "Not started")),
         };
-        let decoder = state.decoder.take();
-        let (file, uri, location) = (
-            state.file.clone(),
-            state.uri.clone(),
-            state.location.clone(),
-        );
+        let source = starting.source.clone();
+        let native = starting.native.expect("checked above");
+        let probe_decoder = starting.decoder.take();
+        starting.waiting = None;
         drop(state);
 
         gst::debug!(CAT, imp = self, "Output caps {}", caps);
-        let key = file.map(|file| CacheKey {
-            file,
-            rate: info.rate(),
-            channels: info.channels(),
-            channel_mask: caps
-                .structure(0)
-                .and_then(|s| s.get::<gst::Bitmask>("channel-mask").ok())
-                .map_or(0, |m| *m),
-        });
-        // A file that decodes to more than max-cache-size is streamed through a small window.
-        let max_cache_size = self.settings().max_cache_size;
+        let live_source = probe_decoder.as_ref().is_some_and(Decoder::is_live);
+        // A file that decodes to more than max-cache-size, or a live stream, plays through a
+        // window from the start. Otherwise the copy is kept (and shared) unless it turns out
+        // longer than the limit, in which case it becomes a window then.
+        let max_cache_size = settings.max_cache_size;
         let decoded_bytes = native.duration.and_then(|d| {
             d.nseconds().mul_div_ceil(
                 info.rate() as u64 * info.bpf() as u64,
                 *gst::ClockTime::SECOND,
             )
         });
-        let bounded = decoded_bytes
-            .filter(|bytes| *bytes > max_cache_size)
-            .map(|_| STREAM_WINDOW_BYTES);
-        if let Some(bytes) = decoded_bytes.filter(|_| bounded.is_some()) {
+        let too_long = decoded_bytes.is_some_and(|bytes| bytes > max_cache_size);
+        if too_long || live_source {
             gst::info!(
                 CAT,
                 imp = self,
-                "'{}' decodes to {} bytes, over max-cache-size {}: streaming, looping by seeking",
-                location,
-                bytes,
-                max_cache_size
+                "'{}' {}: streaming through a window",
+                source.location,
+                if live_source {
+                    "is live".to_owned()
+                } else {
+                    format!(
+                        "decodes to {} bytes, over max-cache-size {}",
+                        decoded_bytes.unwrap_or(0),
+                        max_cache_size
+                    )
+                }
             );
         }
-        let obtained = registry::obtain(
-            key,
-            &info,
-            bounded,
-            || match decoder {
-                Some(decoder) => Ok(decoder),
-                None => Decoder::open(&uri, &location).map(|(decoder, _)| decoder),
-            },
-            |decoder, entry| decoder.start_output(&info, entry.cache.clone()),
-        );
-        let (entry, new) = match obtained {
-            Ok(obtained) => obtained,
-            Err(err) => {
-                self.post_error_message(err);
-                return Err(gst::loggable_error!(CAT, "Could not start decoding"));
+        let streaming = too_long || live_source;
+        let key = source
+            .file
+            .clone()
+            .filter(|_| !streaming)
+            .map(|file| CacheKey {
+                file,
+                rate: info.rate(),
+                channels: info.channels(),
+                channel_mask: caps
+                    .structure(0)
+                    .and_then(|s| s.get::<gst::Bitmask>("channel-mask").ok())
+                    .map_or(0, |m| *m),
+            });
+        let (lease, reader, new) = registry::obtain(key, || {
+            if streaming {
+                PcmCache::streaming(info.rate(), info.channels(), max_cache_size)
+            } else {
+                PcmCache::new(info.rate(), info.channels(), max_cache_size)
             }
-        };
+        });
+        if new {
+            // Outside every lock: a decode chain of our own (the one that probed, or a new one
+            // for a format nobody decodes yet) starts filling the copy.
+            let entry = lease.entry();
+            let started = match probe_decoder {
+                Some(decoder) => Ok(decoder),
+                None => Decoder::start(
+                    &source.uri,
+                    source.file.as_ref().map(|f| f.path.as_path()),
+                    &decoder::Shared::new(&source.location),
+                ),
+            }
+            .and_then(|mut decoder| {
+                decoder.start_output(&info, entry.cache.clone())?;
+                Ok(decoder)
+            });
+            match started {
+                Ok(decoder) => entry.set_decoder(decoder),
+                Err(err) => {
+                    entry.cache.fail(err.clone());
+                    self.post_error_message(err);
+                    return Err(gst::loggable_error!(CAT, "Could not start decoding"));
+                }
+            }
+        } else {
+            drop(probe_decoder);
+        }
         gst::info!(
             CAT,
             imp = self,
@@ -552,12 +690,18 @@ impl BaseSrcImpl for BgAudioSrc {
             if new { "Made a new" } else { "Sharing a" }
         );
 
-        let mut state = self.state();
-        state.entry = Some(entry);
         let bpf = info.bpf();
-        state.info = Some(info);
-        state.frames_per_buffer = frames_per_buffer;
-        drop(state);
+        *self.reader() = Some(reader);
+        *self.state() = State::Running(Box::new(Running {
+            native,
+            lease,
+            decoder_released: false,
+            info,
+            frames_per_buffer,
+            sample_offset: 0,
+            envelope: None,
+            timestamp_offset: None,
+        }));
         self.obj().set_blocksize(frames_per_buffer as u32 * bpf);
         Ok(())
     }
@@ -568,12 +712,12 @@ impl BaseSrcImpl for BgAudioSrc {
                 return BaseSrcImplExt::parent_query(self, query);
             }
             // One buffer: a buffer's last frame is due a buffer's duration after its first.
-            let state = self.state();
-            let latency = match &state.info {
-                Some(info) => frames_to_time(state.frames_per_buffer as u64, info.rate() as u64),
-                None => self.settings().buffer_duration,
+            let latency = match &*self.state() {
+                State::Running(running) => {
+                    frames_to_time(running.frames_per_buffer as u64, running.info.rate() as u64)
+                }
+                _ => self.settings().buffer_duration,
             };
-            drop(state);
             gst::debug!(CAT, imp = self, "Live, latency {}", latency);
             q.set(true, latency, gst::ClockTime::NONE);
             return true;
@@ -585,17 +729,25 @@ impl BaseSrcImpl for BgAudioSrc {
                     q.set(gst::ClockTime::NONE);
                     return true;
                 }
-                let state = self.state();
-                let cache = state.entry.as_ref().map(|e| &e.cache);
-                let from_cache = cache.and_then(|c| {
-                    c.complete_frames()
-                        .and_then(|f| f.mul_div_floor(*gst::ClockTime::SECOND, c.rate() as u64))
-                        .map(gst::ClockTime::from_nseconds)
-                });
-                let duration = from_cache
-                    .or_else(|| state.entry.as_ref().and_then(|e| e.duration()))
-                    .or_else(|| state.decoder.as_ref().and_then(|d| d.duration()));
-                drop(state);
+                let duration = match &*self.state() {
+                    State::Running(running) => {
+                        let entry = running.lease.entry();
+                        let cache = &entry.cache;
+                        cache
+                            .complete_frames()
+                            .and_then(|f| {
+                                f.mul_div_floor(*gst::ClockTime::SECOND, cache.rate() as u64)
+                            })
+                            .map(gst::ClockTime::from_nseconds)
+                            .or_else(|| entry.duration())
+                            .or(running.native.duration)
+                    }
+                    State::Starting(starting) => starting
+                        .native
+                        .and_then(|n| n.duration)
+                        .or_else(|| starting.decoder.as_ref().and_then(Decoder::duration)),
+                    State::Stopped => None,
+                };
                 if let Some(duration) = duration {
                     q.set(duration);
                     return true;
@@ -615,8 +767,15 @@ impl BaseSrcImpl for BgAudioSrc {
         if let Some(id) = self.clock_id().take() {
             id.unschedule();
         }
-        if let Some(entry) = self.state().entry.clone() {
-            entry.cache.wake();
+        startup::wake_all();
+        match &*self.state() {
+            State::Starting(starting) => {
+                if let Some(shared) = &starting.waiting {
+                    shared.wake();
+                }
+            }
+            State::Running(running) => running.lease.entry().cache.wake(),
+            State::Stopped => (),
         }
         Ok(())
     }
@@ -634,40 +793,51 @@ impl PushSrcImpl for BgAudioSrc {
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
         let mut state = self.state();
-        let (Some(info), Some(entry)) = (state.info.clone(), state.entry.clone()) else {
+        let State::Running(running) = &mut *state else {
             drop(state);
+            if self.flushing.load(Ordering::SeqCst) {
+                // `negotiate` was interrupted by a flush: nothing to play yet.
+                return Err(gst::FlowError::Flushing);
+            }
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Have no caps yet"));
             return Err(gst::FlowError::NotNegotiated);
         };
-        let cache = &entry.cache;
-        let release_decoder = !state.decoder_released && cache.complete_frames().is_some();
-        state.decoder_released |= release_decoder;
-        let (mut frames_per_buffer, mut position, sample_offset) =
-            (state.frames_per_buffer, state.position, state.sample_offset);
-        let timestamp_offset = state.timestamp_offset;
+        let entry = running.lease.entry().clone();
+        let release_decoder = !running.decoder_released && entry.cache.complete_frames().is_some();
+        running.decoder_released |= release_decoder;
+        let rate = running.info.rate() as u64;
+        let bpf = running.info.bpf() as usize;
+        let (mut frames_per_buffer, sample_offset, timestamp_offset) = (
+            running.frames_per_buffer,
+            running.sample_offset,
+            running.timestamp_offset,
+        );
         drop(state);
         if release_decoder {
             // The file is decoded: its private pipeline and threads are no longer needed.
             entry.release_decoder();
         }
 
-        let rate = info.rate() as u64;
         // Let a GstController on `volume` update it for this buffer. (Before the first buffer
         // of a live run the offset is not known yet; the controller sees the stream from 0.)
         let _ = self.obj().sync_values(
             timestamp_offset.unwrap_or(gst::ClockTime::ZERO) + frames_to_time(sample_offset, rate),
         );
         let settings = self.playout();
+        let volume = settings.volume;
 
+        let fade_out_pending = self.fade_out_pending.swap(false, Ordering::SeqCst);
         let mut state = self.state();
-        let fade_out_pending = std::mem::take(&mut state.fade_out_pending);
-        let envelope = state.envelope.get_or_insert_with(|| {
+        let State::Running(running) = &mut *state else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let envelope = running.envelope.get_or_insert_with(|| {
             let fade_in = if settings.mode == BgAudioSrcMode::Mixing {
                 time_to_frames(settings.fade_in, rate)
             } else {
                 0
             };
-            Envelope::new(settings.volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
+            Envelope::new(volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
         });
         if fade_out_pending {
             gst::info!(
@@ -679,7 +849,7 @@ impl PushSrcImpl for BgAudioSrc {
             );
             envelope.fade_out(sample_offset, time_to_frames(settings.fade_out, rate));
         }
-        envelope.set_volume(settings.volume, sample_offset);
+        envelope.set_volume(volume, sample_offset);
         let envelope = envelope.clone();
         drop(state);
 
@@ -691,33 +861,52 @@ impl PushSrcImpl for BgAudioSrc {
             frames_per_buffer = frames_per_buffer.min((end - sample_offset) as usize);
         }
 
-        let bpf = info.bpf() as usize;
+        // Live, once running: the decoder gets until the buffer is due (half a buffer after its
+        // start, so it still leaves on time); a source that stalls gives silence instead of a
+        // late buffer.
+        let deadline = timestamp_offset
+            .filter(|_| self.obj().is_live())
+            .and_then(|offset| {
+                let due = offset
+                    + frames_to_time(sample_offset, rate)
+                    + frames_to_time(frames_per_buffer as u64 / 2, rate);
+                self.instant_at(due)
+            });
+
+        let mut reader = self.reader();
+        let reader = reader.as_mut().ok_or(gst::FlowError::Flushing)?;
         let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
-        let (mut buffer, frames) = match gain {
-            Some(g) if g == 1.0 && cache.complete_frames().is_some() => {
-                self.fill_shared(cache, &mut position, frames_per_buffer, settings.do_loop)?
+        let fill = match gain {
+            Some(g) if g == 1.0 && reader.cache().complete_frames().is_some() => {
+                self.fill_shared(reader, frames_per_buffer, settings.do_loop)?
             }
             Some(g) => self.fill_copied(
-                &entry,
-                &mut position,
+                reader,
                 frames_per_buffer,
                 bpf,
                 settings.do_loop,
                 Gain::Constant(g),
+                deadline,
             )?,
             None => self.fill_copied(
-                &entry,
-                &mut position,
+                reader,
                 frames_per_buffer,
                 bpf,
                 settings.do_loop,
                 Gain::Envelope(&envelope, sample_offset),
+                deadline,
             )?,
         };
-        if frames == 0 {
+        let position = reader.position();
+        let Fill::Buffer {
+            mut buffer,
+            frames,
+            gap,
+        } = fill
+        else {
             gst::debug!(CAT, imp = self, "End of file at frame {}, EOS", position);
             return Err(gst::FlowError::Eos);
-        }
+        };
         // Read the clock only now that the first buffer is filled: the first pass may have
         // waited for the decoder, and the buffer must not be stamped in the past.
         let timestamp_offset = match timestamp_offset {
@@ -733,14 +922,30 @@ impl PushSrcImpl for BgAudioSrc {
             buffer.set_duration(timestamp_offset + frames_to_time(end, rate) - pts);
             buffer.set_offset(sample_offset);
             buffer.set_offset_end(end);
+            if gap {
+                buffer.set_flags(gst::BufferFlags::GAP | gst::BufferFlags::DROPPABLE);
+            }
+        }
+        if gap {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Nothing decoded in time for {}: silence",
+                pts
+            );
         }
 
         let mut state = self.state();
-        state.position = position;
-        state.sample_offset = sample_offset + frames as u64;
-        state.timestamp_offset = Some(timestamp_offset);
+        if let State::Running(running) = &mut *state {
+            running.sample_offset = sample_offset + frames as u64;
+            running.timestamp_offset = Some(timestamp_offset);
+        }
         drop(state);
 
+        if sample_offset == 0 {
+            gst::debug!(CAT, imp = self, "First buffer out");
+            self.startup().take();
+        }
         if self.obj().is_live() {
             self.wait_until(pts)?;
         }
@@ -751,51 +956,185 @@ impl PushSrcImpl for BgAudioSrc {
 }
 
 impl BgAudioSrc {
-    /// Builds a buffer of up to `frames_per_buffer` frames from `position` on whose memories
-    /// point into the complete cache: nothing is copied. Wraps at the end when looping.
+    /// Learns the source's own format: at once for a file probed before in this process, else
+    /// from a decode chain: one this element starts, or the one another element started on the
+    /// same file. Waits on the streaming thread; `unlock` interrupts the wait, and the deadline
+    /// from `timeout` ends it.
+    fn wait_native(&self) -> Result<NativeFormat, WaitError> {
+        loop {
+            let mut state = self.state();
+            let State::Starting(starting) = &mut *state else {
+                return match state.native() {
+                    Some(native) => Ok(native),
+                    None => Err(WaitError::Cancelled),
+                };
+            };
+            if let Some(native) = starting.native {
+                return Ok(native);
+            }
+            let deadline = starting.deadline;
+            let shared = match &starting.waiting {
+                Some(shared) => shared.clone(),
+                None => {
+                    let source = starting.source.clone();
+                    let probe = match &source.file {
+                        Some(file) => registry::probe(file, &source.location),
+                        None => Probe::Own(decoder::Shared::new(&source.location)),
+                    };
+                    let shared = match probe {
+                        Probe::Known(native) => {
+                            gst::info!(
+                                CAT,
+                                imp = self,
+                                "'{}' decodes to {} Hz, {} channels (known from an earlier probe)",
+                                source.location,
+                                native.rate,
+                                native.channels
+                            );
+                            starting.native = Some(native);
+                            return Ok(native);
+                        }
+                        Probe::Join(shared) => {
+                            gst::debug!(CAT, imp = self, "Waiting for another element's probe");
+                            shared
+                        }
+                        Probe::Own(shared) => {
+                            starting.waiting = Some(shared.clone());
+                            drop(state);
+                            // Builds the chain and sets it playing; returns at once. A failure
+                            // also reaches every element waiting on `shared`.
+                            let decoder = Decoder::start(
+                                &source.uri,
+                                source.file.as_ref().map(|f| f.path.as_path()),
+                                &shared,
+                            )
+                            .map_err(WaitError::Failed)?;
+                            state = self.state();
+                            let State::Starting(starting) = &mut *state else {
+                                return Err(WaitError::Cancelled);
+                            };
+                            starting.decoder = Some(decoder);
+                            shared
+                        }
+                    };
+                    if let State::Starting(starting) = &mut *state {
+                        starting.waiting = Some(shared.clone());
+                    }
+                    shared
+                }
+            };
+            drop(state);
+
+            let waited = shared.wait_native(deadline, || self.flushing.load(Ordering::SeqCst));
+            let mut state = self.state();
+            let State::Starting(starting) = &mut *state else {
+                return Err(WaitError::Cancelled);
+            };
+            match waited {
+                Ok(native) => {
+                    if let Some(file) = &starting.source.file {
+                        registry::remember(file, native);
+                    }
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "'{}' decodes to {} Hz, {} channels",
+                        starting.source.location,
+                        native.rate,
+                        native.channels
+                    );
+                    starting.native = Some(native);
+                    return Ok(native);
+                }
+                // The element that probed stopped: probe again, maybe as the owner this time.
+                Err(WaitError::Abandoned) => starting.waiting = None,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Waits for this element's start-up turn (see `startup`), unless it is running already.
+    fn take_turn(&self) -> Result<(), WaitError> {
+        if !matches!(*self.state(), State::Starting(_)) {
+            return Ok(());
+        }
+        // Out of its mutex while waiting; only the streaming thread (here) and `stop` (after
+        // that thread is gone) touch it.
+        let mut startup = self.startup().take();
+        let got = startup
+            .as_mut()
+            .is_none_or(|s| s.take_turn(|| self.flushing.load(Ordering::SeqCst)));
+        *self.startup() = startup;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Start-up turn {}",
+            if got { "taken" } else { "cancelled" }
+        );
+        if got {
+            Ok(())
+        } else {
+            Err(WaitError::Cancelled)
+        }
+    }
+
+    /// The location and timeout, for the message of a source that showed no format in time.
+    fn timeout_context(&self) -> (String, String) {
+        let location = match &*self.state() {
+            State::Starting(starting) => starting.source.location.clone(),
+            _ => self.settings().location.clone().unwrap_or_default(),
+        };
+        let timeout = self
+            .settings()
+            .timeout
+            .map_or_else(|| "ever".to_owned(), |t| t.to_string());
+        (location, timeout)
+    }
+
+    /// Builds a buffer of up to `frames_per_buffer` frames whose memories point into the
+    /// complete cache: nothing is copied. Wraps at the end when looping.
     fn fill_shared(
         &self,
-        cache: &PcmCache,
-        position: &mut u64,
+        reader: &mut Reader,
         frames_per_buffer: usize,
         do_loop: bool,
-    ) -> Result<(gst::Buffer, usize), gst::FlowError> {
+    ) -> Result<Fill, gst::FlowError> {
         let mut buffer = gst::Buffer::new();
         let mut frames = 0usize;
         {
             let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
             while frames < frames_per_buffer {
-                match cache.share_into(*position, frames_per_buffer - frames, buffer) {
-                    Some(0) | None => {
-                        if do_loop && *position > 0 {
-                            self.log_loop(*position);
-                            *position = 0;
-                            continue;
-                        }
-                        break;
+                match reader.share_into(frames_per_buffer - frames, buffer) {
+                    Some(Read::Frames(n)) => frames += n,
+                    Some(Read::PassEnd) if do_loop && reader.next_pass() => {
+                        self.log_loop(reader.position());
                     }
-                    Some(n) => {
-                        frames += n;
-                        *position += n as u64;
-                    }
+                    _ => break,
                 }
             }
         }
-        Ok((buffer, frames))
+        Ok(match frames {
+            0 => Fill::End,
+            frames => Fill::Buffer {
+                buffer,
+                frames,
+                gap: false,
+            },
+        })
     }
 
-    /// Builds a buffer of up to `frames_per_buffer` frames from `position` on, applying the
-    /// volume while copying out of the cache. Waits for the decoder during the first pass.
+    /// Builds a buffer of up to `frames_per_buffer` frames, applying the volume while copying
+    /// out of the cache. Waits for the decoder during the first pass (or while streaming), until
+    /// `deadline` if there is one; what is not decoded by then is silence.
     fn fill_copied(
         &self,
-        entry: &Entry,
-        position: &mut u64,
+        reader: &mut Reader,
         frames_per_buffer: usize,
         bpf: usize,
         do_loop: bool,
         gain: Gain,
-    ) -> Result<(gst::Buffer, usize), gst::FlowError> {
-        let cache = &entry.cache;
+        deadline: Option<Instant>,
+    ) -> Result<Fill, gst::FlowError> {
         let channels = bpf / 2;
         // From the buffer pool the base class set up in its allocation query (sized by the
         // blocksize set in `set_caps`): buffers are reused instead of allocated every 20 ms.
@@ -809,6 +1148,7 @@ impl BgAudioSrc {
             None => gst::Buffer::with_size(size).map_err(|_| gst::FlowError::Error)?,
         };
         let mut frames = 0usize;
+        let mut late = false;
         {
             let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
             if buffer.size() != size {
@@ -821,9 +1161,9 @@ impl BgAudioSrc {
             let out = as_samples_mut(map.as_mut_slice()).ok_or(gst::FlowError::Error)?;
             let mut written = 0usize;
             while frames < frames_per_buffer {
-                let read = cache.read(
-                    *position,
+                let read = reader.read(
                     frames_per_buffer - frames,
+                    deadline,
                     || self.flushing.load(Ordering::SeqCst),
                     |src| {
                         let dst = &mut out[written..written + src.len()];
@@ -842,35 +1182,52 @@ impl BgAudioSrc {
                     },
                 );
                 match read {
-                    Ok(0) => {
-                        if do_loop && *position > 0 {
-                            self.log_loop(*position);
-                            if let Err(err) = self.next_pass(entry, position) {
-                                self.post_error_message(err);
-                                return Err(gst::FlowError::Error);
-                            }
-                            continue;
-                        }
-                        break;
+                    Ok(Read::Frames(n)) => frames += n,
+                    Ok(Read::PassEnd) if do_loop && reader.next_pass() => {
+                        self.log_loop(reader.position());
                     }
-                    Ok(n) => {
-                        frames += n;
-                        *position += n as u64;
+                    Ok(Read::PassEnd) => break,
+                    Ok(Read::NotYet) => {
+                        // Live and the source stalled: the rest of the buffer is silence.
+                        out[written..].fill(0);
+                        late = true;
+                        break;
                     }
                     Err(ReadError::Cancelled) => return Err(gst::FlowError::Flushing),
                     Err(ReadError::Failed(err)) => {
+                        drop(map);
                         self.post_error_message(err);
                         return Err(gst::FlowError::Error);
                     }
+                    Err(ReadError::Ended(why)) => {
+                        if frames == 0 {
+                            gst::element_imp_warning!(self, gst::ResourceError::Seek, ("{}", why));
+                        }
+                        break;
+                    }
                 }
             }
+        }
+        if late {
+            return Ok(Fill::Buffer {
+                buffer,
+                frames: frames_per_buffer,
+                gap: frames == 0,
+            });
+        }
+        if frames == 0 {
+            return Ok(Fill::End);
         }
         if frames < frames_per_buffer {
             if let Some(buffer) = buffer.get_mut() {
                 buffer.set_size(frames * bpf);
             }
         }
-        Ok((buffer, frames))
+        Ok(Fill::Buffer {
+            buffer,
+            frames,
+            gap: false,
+        })
     }
 
     /// The running time of frame 0: in a live pipeline, now, so a mixer that is already
@@ -887,6 +1244,15 @@ impl BgAudioSrc {
             .unwrap_or(gst::ClockTime::ZERO);
         gst::debug!(CAT, imp = self, "First buffer at running time {}", now);
         now
+    }
+
+    /// The moment the pipeline clock reaches `running_time`, on the monotonic clock that waits
+    /// for the decoder use.
+    fn instant_at(&self, running_time: gst::ClockTime) -> Option<Instant> {
+        let obj = self.obj();
+        let (clock, base_time) = obj.clock().zip(obj.base_time())?;
+        let wait = (base_time + running_time).saturating_sub(clock.time());
+        Some(Instant::now() + std::time::Duration::from_nanos(wait.nseconds()))
     }
 
     /// Waits on the pipeline clock until running time `running_time`, so a live source produces
@@ -931,9 +1297,7 @@ impl BgAudioSrc {
     /// Only marks the request: the next `create` starts the fade at its own first frame, so a
     /// buffer being built while the signal comes is never skipped by the fade.
     fn start_fade_out(&self) {
-        let mut state = self.state();
-        // `native` is known from start to stop.
-        if state.native.is_none() {
+        if matches!(*self.state(), State::Stopped) {
             gst::warning!(
                 CAT,
                 imp = self,
@@ -941,27 +1305,16 @@ impl BgAudioSrc {
             );
             return;
         }
-        state.fade_out_pending = true;
+        self.fade_out_pending.store(true, Ordering::SeqCst);
         gst::info!(CAT, imp = self, "Fade-out asked for");
     }
 
-    /// Starts the next loop: from the start of the complete cache, or, for a file too long to
-    /// cache, by seeking the decoder back (the stream's positions then keep counting).
-    fn next_pass(&self, entry: &Entry, position: &mut u64) -> Result<(), gst::ErrorMessage> {
-        if entry.cache.is_bounded() {
-            entry.rewind()
-        } else {
-            *position = 0;
-            Ok(())
-        }
-    }
-
-    fn log_loop(&self, frames: u64) {
+    fn log_loop(&self, position: u64) {
         gst::debug!(
             CAT,
             imp = self,
-            "End of file after {} frames, looping",
-            frames
+            "End of a pass, looping (at frame {})",
+            position
         );
     }
 
@@ -982,6 +1335,28 @@ impl BgAudioSrc {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn startup(&self) -> MutexGuard<'_, Option<Startup>> {
+        self.startup.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether an installed element reads URIs of `uri`'s protocol.
+fn protocol_is_supported(uri: &str) -> bool {
+    let Some(protocol) = uri.split_once(':').map(|(p, _)| p) else {
+        return false;
+    };
+    let Ok(protocol) = std::ffi::CString::new(protocol) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the function only reads the registry.
+    unsafe {
+        gst::ffi::gst_uri_protocol_is_supported(gst::ffi::GST_URI_SRC, protocol.as_ptr()) != 0
     }
 }
 

@@ -6,13 +6,28 @@
 use gst::glib;
 use gst::prelude::*;
 
+use std::sync::LazyLock;
+
 mod cache;
 mod decoder;
 mod gain;
 mod imp;
 mod registry;
+mod startup;
 
-pub use registry::{usage as cache_usage, CacheUsage};
+pub use registry::{
+    retain_budget, set_retain_budget, usage as cache_usage, CacheUsage, DEFAULT_RETAIN_BYTES,
+    RETAIN_ENV,
+};
+
+/// The debug category of the element and of its helper modules (`GST_DEBUG=bgaudiosrc:6`).
+pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "bgaudiosrc",
+        gst::DebugColorFlags::empty(),
+        Some("Background audio source"),
+    )
+});
 
 /// How the element behaves in its pipeline.
 #[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
@@ -38,6 +53,8 @@ glib::wrapper! {
 
 /// Registers `bgaudiosrc` (and its mode enum, for gst-inspect-1.0) with `plugin`.
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // Registered at plugin load, so `--gst-debug-help` lists it before first use.
+    LazyLock::force(&CAT);
     #[cfg(feature = "doc")]
     BgAudioSrcMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(

@@ -1,20 +1,31 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
-//! One decoded copy per file and output format per process.
+//! What the elements of a process share: decoded copies, and the formats of files probed before.
 //!
 //! Every `bgaudiosrc` that plays the same file at the same rate, channel count and channel layout
 //! holds the same `Entry`: one `PcmCache`, filled by one decode chain. The key includes the
-//! file's size and modification time, so a file changed on disk is a new entry. The registry only
-//! holds weak references: an entry, its samples and its decode chain are freed when the last
-//! element lets go of it.
+//! file's size and modification time, so a file changed on disk is a new entry. An element holds
+//! its entry through a `Lease`; when the last lease goes, a complete copy is kept (retained) for
+//! the next element that plays the file, within a process-wide budget, least recently used first
+//! out; anything else is freed with its decode chain.
+//!
+//! The locks here guard bookkeeping only: no decode chain is started, probed or waited for while
+//! one is held. A new entry is published before its decode chain starts, and elements that join
+//! it meanwhile simply read from its cache, which waits for the data.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
-use super::cache::PcmCache;
-use super::decoder::{Decoder, NativeFormat};
-use super::imp::CAT;
+use super::cache::{PcmCache, Reader};
+use super::decoder::{Decoder, NativeFormat, Shared};
+use super::CAT;
+
+/// The environment variable that sets the retained-copy budget, in bytes (0 keeps none).
+pub const RETAIN_ENV: &str = "GST_BGAUDIO_RETAIN_BYTES";
+/// The retained-copy budget when the environment does not set one: a few minutes of stereo.
+pub const DEFAULT_RETAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The file as it is on disk: what makes two locations the same audio.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,7 +44,7 @@ pub struct CacheKey {
     pub channel_mask: u64,
 }
 
-/// A shared decoded copy and the decode chain that fills it.
+/// A decoded copy and the decode chain that fills it.
 #[derive(Debug)]
 pub struct Entry {
     pub cache: Arc<PcmCache>,
@@ -46,6 +57,11 @@ pub struct Entry {
 impl Entry {
     fn decoder(&self) -> MutexGuard<'_, Option<Decoder>> {
         self.decoder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the entry the decode chain that fills its cache.
+    pub fn set_decoder(&self, decoder: Decoder) {
+        *self.decoder() = Some(decoder);
     }
 
     /// Shuts the decode chain down once the cache is complete. Call it from a thread that is
@@ -61,160 +77,308 @@ impl Entry {
         drop(decoder);
     }
 
-    /// Bounded mode: starts the next pass over the file.
-    pub fn rewind(&self) -> Result<(), gst::ErrorMessage> {
-        self.cache.restart();
-        match self.decoder().as_ref() {
-            Some(decoder) => decoder.rewind(),
-            None => Ok(()),
-        }
-    }
-
     /// The decoder's idea of the file's length, while it runs.
     pub fn duration(&self) -> Option<gst::ClockTime> {
         self.decoder().as_ref().and_then(|d| d.duration())
     }
 }
 
-impl Drop for Entry {
-    fn drop(&mut self) {
-        let Some(key) = self.key.take() else {
-            return;
-        };
-        let mut map = registry();
-        // The slot may already hold a newer entry for the same key: only remove a dead one.
-        if map.get(&key).is_some_and(|w| w.strong_count() == 0) {
-            map.remove(&key);
-        }
-        gst::debug!(CAT, "Released the decoded copy of {:?}", key.file.path);
+/// An element's hold on an entry. Dropping it tells the registry the element no longer plays
+/// the copy, which may then be retained or freed.
+#[derive(Debug)]
+pub struct Lease {
+    entry: Arc<Entry>,
+}
+
+impl Lease {
+    pub fn entry(&self) -> &Arc<Entry> {
+        &self.entry
     }
 }
 
-static REGISTRY: LazyLock<Mutex<HashMap<CacheKey, Weak<Entry>>>> = LazyLock::new(Default::default);
+impl Drop for Lease {
+    fn drop(&mut self) {
+        release(&self.entry);
+    }
+}
 
-fn registry() -> MutexGuard<'static, HashMap<CacheKey, Weak<Entry>>> {
+/// A shared entry with the number of leases on it; with none, it is retained.
+#[derive(Debug)]
+struct Slot {
+    entry: Arc<Entry>,
+    users: usize,
+    /// When it was last obtained or released (a tick of `Registry::clock`): the least recently
+    /// used retained copy goes first.
+    used: u64,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    slots: HashMap<CacheKey, Slot>,
+    /// Entries nobody can share (streams, windows), for `usage()` only.
+    private: Vec<Weak<Entry>>,
+    clock: u64,
+}
+
+impl Registry {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn retained_bytes(&self) -> u64 {
+        self.slots
+            .values()
+            .filter(|s| s.users == 0)
+            .map(|s| s.entry.cache.byte_size())
+            .sum()
+    }
+
+    /// Drops retained copies, least recently used first, until they fit `budget`. The entries
+    /// are returned so that they are freed after the lock is released.
+    fn evict(&mut self, budget: u64, out: &mut Vec<Arc<Entry>>) {
+        let mut retained = self.retained_bytes();
+        while retained > budget {
+            let Some(key) = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.users == 0)
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(slot) = self.slots.remove(&key) {
+                retained -= slot.entry.cache.byte_size();
+                gst::debug!(CAT, "Dropping the retained copy of {:?}", key.file.path);
+                out.push(slot.entry);
+            }
+        }
+    }
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+
+static RETAIN_BUDGET: LazyLock<AtomicU64> = LazyLock::new(|| {
+    let budget = std::env::var(RETAIN_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_RETAIN_BYTES);
+    AtomicU64::new(budget)
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The entry for `key`, shared with the elements already playing it, or a new one whose decode
-/// chain `decoder` gives (it is only called when no entry exists) and `start` sets to fill the
-/// cache. With no key (a stream that is not a local file) the entry is private. Returns whether
-/// the entry is new.
-pub fn obtain(
-    key: Option<CacheKey>,
-    info: &gst_audio::AudioInfo,
-    bounded: Option<u64>,
-    decoder: impl FnOnce() -> Result<Decoder, gst::ErrorMessage>,
-    start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
-) -> Result<(Arc<Entry>, bool), gst::ErrorMessage> {
+/// The entry for `key` with a reader at its start, shared with the elements already playing it
+/// (or retained), or a new one with the cache `make` gives. A new entry has no decode chain yet:
+/// the caller starts one and hands it over with `Entry::set_decoder` (a failure goes to the
+/// cache, where every reader finds it). With no key the entry is private. Returns whether the
+/// entry is new.
+pub fn obtain(key: Option<CacheKey>, make: impl FnOnce() -> PcmCache) -> (Lease, Reader, bool) {
     let new_entry = |key: Option<CacheKey>| {
-        let cache = match bounded {
-            Some(max_bytes) => PcmCache::bounded(info.rate(), info.channels(), max_bytes),
-            None => PcmCache::new(info.rate(), info.channels()),
-        };
-        Arc::new(Entry {
-            cache: Arc::new(cache),
+        let entry = Arc::new(Entry {
+            cache: Arc::new(make()),
             decoder: Mutex::new(None),
             key,
-        })
+        });
+        // A fresh cache always takes a reader at its start.
+        let reader = entry.cache.reader();
+        (entry, reader)
     };
-    // A bounded cache is a window for one reader: never shared.
-    let Some(key) = key.filter(|_| bounded.is_none()) else {
-        let entry = new_entry(None);
-        start_entry(&entry, decoder()?, start)?;
-        return Ok((entry, true));
+    let mut dropped = Vec::new();
+    let mut reg = registry();
+    let Some(key) = key else {
+        let (entry, reader) = new_entry(None);
+        reg.private.retain(|w| w.strong_count() > 0);
+        reg.private.push(Arc::downgrade(&entry));
+        drop(reg);
+        let reader = reader.expect("a new cache has a start");
+        return (Lease { entry }, reader, true);
     };
 
-    // The lock is held while a new entry starts, so two elements starting together on the
-    // same file do not both decode it. Entries are only ever dropped after it is released:
-    // dropping the last reference takes the lock again (`Entry::drop`).
-    let mut map = registry();
-    let existing = map.get(&key).and_then(Weak::upgrade);
-    if let Some(entry) = existing.as_ref().filter(|e| e.cache.failed().is_none()) {
-        let entry = entry.clone();
-        drop(map);
-        gst::debug!(CAT, "Sharing the decoded copy of {:?}", key.file.path);
-        return Ok((entry, false));
+    let now = reg.tick();
+    if let Some(slot) = reg.slots.get_mut(&key) {
+        // A copy that failed, or that streams past its start, is not one to join.
+        let reader = if slot.entry.cache.failed().is_none() {
+            slot.entry.cache.reader()
+        } else {
+            None
+        };
+        if let Some(reader) = reader {
+            slot.users += 1;
+            slot.used = now;
+            let entry = slot.entry.clone();
+            drop(reg);
+            gst::debug!(CAT, "Sharing the decoded copy of {:?}", key.file.path);
+            return (Lease { entry }, reader, false);
+        }
     }
-    let entry = new_entry(Some(key.clone()));
-    let started = decoder().and_then(|decoder| start_entry(&entry, decoder, start));
-    if started.is_ok() {
-        map.insert(key, Arc::downgrade(&entry));
+
+    // The file changed on disk (same path, another size or time): its retained copies are stale.
+    let stale: Vec<CacheKey> = reg
+        .slots
+        .iter()
+        .filter(|(k, s)| s.users == 0 && k.file.path == key.file.path && k.file != key.file)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in stale {
+        dropped.extend(reg.slots.remove(&k).map(|s| s.entry));
     }
-    drop(map);
-    drop(existing);
-    started.map(|()| (entry, true))
+    let (entry, reader) = new_entry(Some(key.clone()));
+    let old = reg.slots.insert(
+        key,
+        Slot {
+            entry: entry.clone(),
+            users: 1,
+            used: now,
+        },
+    );
+    // A replaced entry still in use lives on with its leases; a retained one goes.
+    dropped.extend(old.filter(|s| s.users == 0).map(|s| s.entry));
+    drop(reg);
+    drop(dropped);
+    let reader = reader.expect("a new cache has a start");
+    (Lease { entry }, reader, true)
+}
+
+fn release(entry: &Arc<Entry>) {
+    let Some(key) = &entry.key else {
+        return;
+    };
+    // A copy of a file that has changed on disk since is of no use to anyone later.
+    let current = std::fs::metadata(&key.file.path)
+        .is_ok_and(|m| m.len() == key.file.size && m.modified().ok() == key.file.modified);
+    let mut dropped = Vec::new();
+    let mut reg = registry();
+    let now = reg.tick();
+    let Some(slot) = reg.slots.get_mut(key) else {
+        return;
+    };
+    if !Arc::ptr_eq(&slot.entry, entry) {
+        // Replaced by a newer copy for the same key: this one goes with its last lease.
+        return;
+    }
+    slot.users = slot.users.saturating_sub(1);
+    if slot.users > 0 {
+        return;
+    }
+    let budget = RETAIN_BUDGET.load(Ordering::Relaxed);
+    let complete = slot.entry.cache.complete_frames().is_some();
+    if complete && current && slot.entry.cache.byte_size() <= budget {
+        slot.used = now;
+        gst::debug!(CAT, "Retaining the decoded copy of {:?}", key.file.path);
+        reg.evict(budget, &mut dropped);
+    } else {
+        dropped.extend(reg.slots.remove(key).map(|s| s.entry));
+        gst::debug!(CAT, "Released the decoded copy of {:?}", key.file.path);
+    }
+    drop(reg);
+    // A copy completed while its last user stopped may still have its decode chain.
+    entry.release_decoder();
+    drop(dropped);
+}
+
+/// Sets the budget, in bytes, for decoded copies kept after their last element stopped (0 keeps
+/// none), and drops retained copies beyond it. The default is `GST_BGAUDIO_RETAIN_BYTES` from
+/// the environment, else 64 MiB.
+pub fn set_retain_budget(bytes: u64) {
+    RETAIN_BUDGET.store(bytes, Ordering::Relaxed);
+    let mut dropped = Vec::new();
+    registry().evict(bytes, &mut dropped);
+    drop(dropped);
+}
+
+/// The budget for retained copies, in bytes.
+pub fn retain_budget() -> u64 {
+    RETAIN_BUDGET.load(Ordering::Relaxed)
+}
+
+/// How much decoded audio the process holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Decoded copies (files × output formats, and private streaming windows) that elements
+    /// play now.
+    pub entries: usize,
+    /// Bytes of decoded S16 they hold.
+    pub bytes: u64,
+    /// Complete copies no element plays now, kept for the next one (within the budget).
+    pub retained_entries: usize,
+    /// Bytes of decoded S16 the retained copies hold.
+    pub retained_bytes: u64,
+}
+
+/// The decoded copies held by the process now, for monitoring memory.
+pub fn usage() -> CacheUsage {
+    let reg = registry();
+    let mut usage = CacheUsage::default();
+    for slot in reg.slots.values() {
+        let bytes = slot.entry.cache.byte_size();
+        if slot.users > 0 {
+            usage.entries += 1;
+            usage.bytes += bytes;
+        } else {
+            usage.retained_entries += 1;
+            usage.retained_bytes += bytes;
+        }
+    }
+    for entry in reg.private.iter().filter_map(Weak::upgrade) {
+        usage.entries += 1;
+        usage.bytes += entry.cache.byte_size();
+    }
+    usage
 }
 
 /// Decoded formats of files probed before, by file identity (path, size, mtime), so a stale
 /// record is never used. Bounded: cleared when it reaches `MAX_NATIVE` files.
 static NATIVE: LazyLock<Mutex<HashMap<FileId, NativeFormat>>> = LazyLock::new(Default::default);
 const MAX_NATIVE: usize = 1024;
-/// One lock per file being probed, so elements starting together on one file probe it once.
-static PROBING: LazyLock<Mutex<HashMap<FileId, Arc<Mutex<()>>>>> = LazyLock::new(Default::default);
+/// Probes in progress, by file, so that elements starting together on one file wait for one.
+static PROBING: LazyLock<Mutex<HashMap<FileId, Weak<Shared>>>> = LazyLock::new(Default::default);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The decoded format of the file, and the decode chain `open` made to learn it (`None` when
-/// the format was known: a file probed before by any element of the process is not opened
-/// again, and elements starting together on one file wait for one probe).
-pub fn probe(
-    file: Option<&FileId>,
-    open: impl FnOnce() -> Result<(Decoder, NativeFormat), gst::ErrorMessage>,
-) -> Result<(Option<Decoder>, NativeFormat), gst::ErrorMessage> {
-    let Some(file) = file else {
-        return open().map(|(decoder, native)| (Some(decoder), native));
-    };
-    let gate = lock(&PROBING).entry(file.clone()).or_default().clone();
-    let probed = {
-        let _probing = lock(&gate);
-        let known = lock(&NATIVE).get(file).copied();
-        match known {
-            Some(native) => Ok((None, native)),
-            None => open().map(|(decoder, native)| {
-                let mut natives = lock(&NATIVE);
-                if natives.len() >= MAX_NATIVE {
-                    natives.clear();
-                }
-                natives.insert(file.clone(), native);
-                (Some(decoder), native)
-            }),
-        }
-    };
+/// How an element learns a file's format.
+#[derive(Debug)]
+pub enum Probe {
+    /// Known from an earlier probe in this process: nothing to open.
+    Known(NativeFormat),
+    /// Another element is probing the file: wait on its decode chain.
+    Join(Arc<Shared>),
+    /// Nobody is: start a decode chain on this and wait on it; others may join.
+    Own(Arc<Shared>),
+}
+
+/// Finds or starts the probe of `file`. Only bookkeeping under the lock: the caller starts the
+/// decode chain of an `Own` probe.
+pub fn probe(file: &FileId, location: &str) -> Probe {
+    if let Some(native) = lock(&NATIVE).get(file).copied() {
+        return Probe::Known(native);
+    }
     let mut probing = lock(&PROBING);
-    // The map's reference and ours: nobody else waits on this file.
-    if Arc::strong_count(&gate) == 2 {
-        probing.remove(file);
+    if let Some(shared) = probing
+        .get(file)
+        .and_then(Weak::upgrade)
+        .filter(|s| !s.is_abandoned())
+    {
+        return Probe::Join(shared);
     }
-    probed
+    probing.retain(|_, w| w.strong_count() > 0);
+    let shared = Shared::new(location);
+    probing.insert(file.clone(), Arc::downgrade(&shared));
+    Probe::Own(shared)
 }
 
-fn start_entry(
-    entry: &Arc<Entry>,
-    mut decoder: Decoder,
-    start: impl FnOnce(&mut Decoder, &Arc<Entry>) -> Result<(), gst::ErrorMessage>,
-) -> Result<(), gst::ErrorMessage> {
-    start(&mut decoder, entry)?;
-    *entry.decoder() = Some(decoder);
-    Ok(())
-}
-
-/// How much decoded audio the process holds in shared caches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheUsage {
-    /// Decoded copies alive (files × output formats).
-    pub entries: usize,
-    /// Bytes of decoded S16 they hold.
-    pub bytes: u64,
-}
-
-/// The decoded copies held by the process now, for monitoring memory.
-pub fn usage() -> CacheUsage {
-    let entries: Vec<Arc<Entry>> = registry().values().filter_map(Weak::upgrade).collect();
-    CacheUsage {
-        entries: entries.len(),
-        bytes: entries.iter().map(|e| e.cache.byte_size()).sum(),
+/// Records the format a probe of `file` found, so later elements need not open it.
+pub fn remember(file: &FileId, native: NativeFormat) {
+    let mut natives = lock(&NATIVE);
+    if natives.len() >= MAX_NATIVE {
+        natives.clear();
     }
+    natives.insert(file.clone(), native);
+    drop(natives);
+    lock(&PROBING).remove(file);
 }
