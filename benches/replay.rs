@@ -10,7 +10,6 @@
 //! cache's memory, at 0.5 every sample goes through the gain stage once.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gst::prelude::*;
 
 const CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
 

@@ -128,13 +128,12 @@ fn run() -> Result<(), Error> {
                     println!("{now:.2}: background left");
                 }
             }
-            Some(bg) if !want_background => {
-                if !bg.fading {
-                    println!("{now:.2}: background fades out");
-                    bg.element.emit_by_name::<()>("fade-out", &[]);
-                    bg.fading = true;
-                }
+            Some(bg) if !want_background && !bg.fading => {
+                println!("{now:.2}: background fades out");
+                bg.element.emit_by_name::<()>("fade-out", &[]);
+                bg.fading = true;
             }
+            Some(_) if !want_background => {}
             Some(bg) => {
                 // Ducking: the application sets the volume; the element ramps it.
                 let volume = if talking { DUCKED } else { BACKGROUND };

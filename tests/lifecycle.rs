@@ -8,10 +8,28 @@ mod common;
 use common::*;
 use gst::prelude::*;
 
+/// The tests here count the process's descriptors and threads: one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The names of the process's threads, for a failure message.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn threads() -> usize {
@@ -37,6 +55,7 @@ fn cycle(good: &std::path::Path, missing: &std::path::Path) -> Vec<i16> {
 
 #[test]
 fn repeated_start_stop_leaks_no_descriptors_or_threads() {
+    let _serial = serial();
     init();
     let dir = fixture_dir("lifecycle");
     let good = dir.join("long.ogg");
@@ -60,6 +79,7 @@ fn repeated_start_stop_leaks_no_descriptors_or_threads() {
 
 #[test]
 fn paused_to_ready_and_back_restarts_from_the_beginning() {
+    let _serial = serial();
     init();
     let dir = fixture_dir("lifecycle");
     let path = dir.join("short.wav");
@@ -75,4 +95,84 @@ fn paused_to_ready_and_back_restarts_from_the_beginning() {
     assert_eq!(first.samples.len(), 4_000);
     assert_eq!(first.samples, second.samples);
     assert_eq!(second.buffers[0].0, Some(gst::ClockTime::ZERO));
+}
+
+/// Sets `pipeline` to PLAYING and at once back to NULL, `cycles` times, and returns the longest
+/// NULL took.
+fn play_and_stop_at_once(pipeline: &gst::Pipeline, cycles: usize) -> std::time::Duration {
+    let mut longest = std::time::Duration::ZERO;
+    for _ in 0..cycles {
+        let _ = pipeline.set_state(gst::State::Playing);
+        let started = std::time::Instant::now();
+        pipeline.set_state(gst::State::Null).expect("null");
+        longest = longest.max(started.elapsed());
+    }
+    longest
+}
+
+#[test]
+fn null_right_after_playing_two_hundred_times_never_hangs_or_leaks() {
+    let _serial = serial();
+    init();
+    let dir = fixture_dir("lifecycle");
+    let mp3 = dir.join("five-seconds.mp3");
+    make_sine(&mp3, 44_100, 2, 440.0, 220_000, "lamemp3enc");
+    let long = dir.join("long.ogg");
+    make_sine(&long, 44_100, 2, 440.0, 882_000, "vorbisenc ! oggmux");
+    let descs = [
+        format!(
+            "bgaudiosrc location=\"{}\" loop=true ! fakesink sync=true",
+            mp3.display()
+        ),
+        format!(
+            "bgaudiosrc mode=mixing location=\"{}\" ! fakesink sync=true",
+            long.display()
+        ),
+        // Streams through a window, with a decoder of its own each time.
+        format!(
+            "bgaudiosrc location=\"{}\" max-cache-size=100000 ! fakesink sync=true",
+            long.display()
+        ),
+    ];
+    let pipelines: Vec<gst::Pipeline> = descs.iter().map(|d| pipeline(d)).collect();
+    for p in &pipelines {
+        play_and_stop_at_once(p, 3);
+    }
+    let (fds, thr) = (open_fds(), threads());
+
+    let mut longest = std::time::Duration::ZERO;
+    for p in &pipelines {
+        // The same pipeline started and stopped again and again...
+        longest = longest.max(play_and_stop_at_once(p, 50));
+    }
+    for desc in &descs {
+        // ... and new ones, each stopped as soon as it starts.
+        for _ in 0..17 {
+            longest = longest.max(play_and_stop_at_once(&pipeline(desc), 1));
+        }
+    }
+    assert!(
+        longest < std::time::Duration::from_secs(1),
+        "NULL took {longest:?}"
+    );
+
+    // Every run still plays: the element is not left in a broken state.
+    let out = bgaudio(&mp3, "", &s16(""), Some(10_000));
+    assert!(
+        out.error.is_none() && out.samples.len() >= 10_000,
+        "{:?}",
+        out.error
+    );
+
+    // GLib's thread pools keep a few idle threads (named after the task they last ran); a leak
+    // would be one or more per cycle, hundreds here.
+    let (fds_after, thr_after) = (open_fds(), threads());
+    assert!(fds_after <= fds + 2, "descriptors {fds} -> {fds_after}");
+    assert!(
+        thr_after <= thr + 4,
+        "threads {thr} -> {thr_after}: {:?}",
+        thread_names()
+    );
+    let usage = gstbgaudio::cache_usage();
+    assert_eq!(usage.entries, 0, "{usage:?}");
 }

@@ -24,6 +24,7 @@ fn rss_bytes() -> u64 {
 
 #[test]
 fn a_long_file_loops_by_seeking_with_flat_memory() {
+    let _serial = serial();
     init();
     // 60 s of 48 kHz stereo: 11.5 MB decoded, against a 1 MB limit. 441 Hz does not divide
     // the length, so a seam that lost or repeated samples would show.
@@ -100,4 +101,257 @@ fn a_long_file_loops_by_seeking_with_flat_memory() {
     assert!(growth < 2_000_000, "resident memory grew by {growth} bytes");
     // Not a shared decoded copy.
     assert_eq!(gstbgaudio::cache_usage().entries, 0);
+}
+
+/// The tests here measure the process's resident memory: one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A 3-minute stereo MP3 at 44.1 kHz: 31.75 MB once decoded.
+fn three_minutes() -> std::path::PathBuf {
+    let path = fixture_dir("long_file").join("three-minutes.mp3");
+    make_sine(
+        &path,
+        44_100,
+        2,
+        330.0,
+        7_938_000,
+        "lamemp3enc encoding-engine-quality=fast",
+    );
+    path
+}
+
+/// Plays `desc` (ending in `appsink name=sink`) to EOS or error, keeping no samples: returns
+/// the frames it produced, the RMS of its last second, the peak RSS growth and the peak
+/// decoded bytes held, and the bus messages (warnings and errors) it posted.
+fn play_counting(desc: &str, stop_after: Option<u64>) -> (u64, f64, u64, u64, Vec<gst::Message>) {
+    // Load the decoders' libraries first: their pages are resident memory too.
+    let warm = fixture_dir("long_file").join("warm-up.mp3");
+    make_sine(&warm, 44_100, 2, 330.0, 44_000, "lamemp3enc");
+    bgaudio(&warm, "", &s16(""), None);
+
+    let pipeline = pipeline(desc);
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    let frames = Arc::new(AtomicU64::new(0));
+    let last: Arc<std::sync::Mutex<Vec<i16>>> = Arc::default();
+    let peaks = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let rss_before = rss_bytes();
+    let (frames_cb, last_cb, peaks_cb) = (frames.clone(), last.clone(), peaks.clone());
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let n = frames_cb.fetch_add(map.len() as u64 / 4, Ordering::SeqCst);
+                let mut last = last_cb.lock().unwrap();
+                last.extend(
+                    map.chunks_exact(2)
+                        .map(|b| i16::from_ne_bytes([b[0], b[1]])),
+                );
+                let excess = last.len().saturating_sub(88_200);
+                last.drain(..excess);
+                if n % 44_100 < 1_200 {
+                    let usage = gstbgaudio::cache_usage();
+                    let mut peaks = peaks_cb.lock().unwrap();
+                    peaks.0 = peaks.0.max(rss_bytes().saturating_sub(rss_before));
+                    peaks.1 = peaks.1.max(usage.bytes);
+                }
+                if stop_after.is_some_and(|stop| n >= stop) {
+                    return Err(gst::FlowError::Eos);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "did not finish");
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(50),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Warning,
+            ],
+        ) else {
+            if stop_after.is_some_and(|stop| frames.load(Ordering::SeqCst) >= stop) {
+                break;
+            }
+            continue;
+        };
+        let end = !matches!(msg.view(), gst::MessageView::Warning(_));
+        messages.push(msg);
+        if end {
+            break;
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let last = last.lock().unwrap();
+    let rms =
+        (last.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / last.len().max(1) as f64).sqrt();
+    let peaks = *peaks.lock().unwrap();
+    (
+        frames.load(Ordering::SeqCst),
+        rms,
+        peaks.0,
+        peaks.1,
+        messages,
+    )
+}
+
+#[test]
+fn a_pipe_of_unknown_length_plays_through_a_bounded_window_then_ends_with_a_warning() {
+    let _serial = serial();
+    init();
+    let path = three_minutes();
+    // A pipe: no length, no seeking. Caching it would take 31.75 MB.
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let bytes = std::fs::read(&path).unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writer.write_all(&bytes);
+    });
+    use std::os::fd::AsRawFd;
+    let location = format!("fd://{}", reader.as_raw_fd());
+    let (frames, rms, rss_growth, most_held, messages) = play_counting(
+        &format!(
+            "bgaudiosrc location={location} loop=true max-cache-size=2000000 \
+             ! {} ! appsink name=sink",
+            s16(",rate=44100,channels=2")
+        ),
+        None,
+    );
+    feeder.join().unwrap();
+    drop(reader);
+
+    // The whole stream, once (an MP3 decoder may add or drop a frame's worth at the ends).
+    assert!(frames.abs_diff(7_938_000) <= 4_000, "{frames} frames");
+    assert!(rms > 10_000.0, "rms {rms}");
+    assert!(
+        most_held <= 2_300_000,
+        "the decoded copy held {most_held} bytes"
+    );
+    assert!(
+        rss_growth <= 25_000_000,
+        "resident memory grew {rss_growth} bytes"
+    );
+    // It could not loop: a warning that says why, then EOS, and no error.
+    let (warning, end) = (&messages[0], messages.last().unwrap());
+    let gst::MessageView::Warning(w) = warning.view() else {
+        panic!("expected a warning first: {messages:?}");
+    };
+    assert!(
+        w.error().matches(gst::ResourceError::Seek),
+        "{:?}",
+        w.error()
+    );
+    assert!(w.error().message().contains(&location));
+    assert!(w.error().message().contains("cannot be looped"));
+    assert!(
+        matches!(end.view(), gst::MessageView::Eos(_)),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn a_seekable_stream_of_unknown_length_loops_through_a_bounded_window() {
+    let _serial = serial();
+    init();
+    let path = three_minutes();
+    // An open file as fd://: no duration is known before the first buffer, but it seeks.
+    let file = std::fs::File::open(&path).unwrap();
+    use std::os::fd::AsRawFd;
+    let (frames, rms, rss_growth, most_held, messages) = play_counting(
+        &format!(
+            "bgaudiosrc location=fd://{} loop=true max-cache-size=2000000 \
+             ! {} ! appsink name=sink",
+            file.as_raw_fd(),
+            s16(",rate=44100,channels=2")
+        ),
+        Some(7_938_000 * 3 / 2),
+    );
+    drop(file);
+    // Stopped by the sink once it had a pass and a half: no warning, no error on the way.
+    assert!(
+        messages
+            .iter()
+            .all(|m| matches!(m.view(), gst::MessageView::Eos(_))),
+        "{messages:?}"
+    );
+    assert!(frames >= 7_938_000 * 3 / 2, "{frames} frames");
+    assert!(rms > 10_000.0, "rms {rms}");
+    assert!(
+        most_held <= 2_300_000,
+        "the decoded copy held {most_held} bytes"
+    );
+    assert!(
+        rss_growth <= 25_000_000,
+        "resident memory grew {rss_growth} bytes"
+    );
+}
+
+#[test]
+fn streaming_seams_in_mixing_mode_are_seamless_and_never_late() {
+    let _serial = serial();
+    init();
+    // 0.3125 s of 48 kHz stereo (60 kB decoded) against a 20 kB limit: it streams, and every
+    // seam is a seek of its decoder, started while the reader is still a window behind.
+    let path = fixture_dir("long_file").join("short-seams.wav");
+    make_sine(&path, 48_000, 2, 441.0, 15_000, "wavenc");
+    let caps = s16(",rate=48000,channels=2");
+    let reference = bgaudio(&path, "", &caps, None);
+    assert_eq!(reference.samples.len(), 30_000);
+
+    // Through a live audiomixer, which drops what comes after its deadline: a late buffer
+    // would be a hole in what it mixes.
+    let pipeline = pipeline(&format!(
+        "bgaudiosrc name=bg mode=mixing loop=true fade-in-duration=0 max-cache-size=20000 \
+         location=\"{}\" ! audiomixer start-time-selection=first ! {caps} \
+         ! appsink name=sink sync=true",
+        path.display()
+    ));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let gaps_cb = gaps.clone();
+    pipeline
+        .by_name("bg")
+        .and_then(|bg| bg.static_pad("src"))
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if info
+                .buffer()
+                .is_some_and(|b| b.flags().contains(gst::BufferFlags::GAP))
+            {
+                gaps_cb.fetch_add(1, Ordering::SeqCst);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    // Eleven passes: ten seams.
+    let out = collect_pipeline(&pipeline, Some(11 * 15_000));
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(
+        gaps.load(Ordering::SeqCst),
+        0,
+        "silent buffers from the element"
+    );
+    assert!(out.samples.len() >= 11 * 30_000);
+    let first_diff = out
+        .samples
+        .iter()
+        .enumerate()
+        .position(|(i, s)| *s != reference.samples[i % 30_000]);
+    assert_eq!(
+        first_diff, None,
+        "the mix differs from the file (sample index)"
+    );
 }

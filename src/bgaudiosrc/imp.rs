@@ -1084,10 +1084,10 @@ impl BgAudioSrc {
             State::Starting(starting) => starting.source.location.clone(),
             _ => self.settings().location.clone().unwrap_or_default(),
         };
-        let timeout = self
-            .settings()
-            .timeout
-            .map_or_else(|| "ever".to_owned(), |t| t.to_string());
+        let timeout = self.settings().timeout.map_or_else(
+            || "ever".to_owned(),
+            |t| format!("{} s", t.nseconds() as f64 / 1e9),
+        );
         (location, timeout)
     }
 
@@ -1168,7 +1168,7 @@ impl BgAudioSrc {
                     |src| {
                         let dst = &mut out[written..written + src.len()];
                         match gain {
-                            Gain::Constant(g) if g == 1.0 => dst.copy_from_slice(src),
+                            Gain::Constant(1.0) => dst.copy_from_slice(src),
                             Gain::Constant(g) => gain::apply(src, dst, g),
                             Gain::Envelope(envelope, first) => gain::apply_envelope(
                                 src,
