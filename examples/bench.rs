@@ -417,8 +417,13 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 .map_err(|_| "not a bin")?;
             let firsts: Vec<Arc<Mutex<Option<Instant>>>> =
                 (0..n).map(|_| Arc::new(Mutex::new(None))).collect();
+            // CPU time when the last branch got its first buffer, read right there: the main
+            // thread may be scheduled late, once decoders are filling the rest of their files.
+            let started_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let cpu_at_last = Arc::new(Mutex::new(None::<Duration>));
             for (i, first) in firsts.iter().enumerate() {
-                let first = first.clone();
+                let (first, count, cpu_at_last) =
+                    (first.clone(), started_count.clone(), cpu_at_last.clone());
                 let pad = pipeline
                     .by_name(&format!("sink{i}"))
                     .and_then(|s| s.static_pad("sink"))
@@ -426,6 +431,11 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
                     if let Ok(mut first) = first.lock() {
                         first.get_or_insert_with(Instant::now);
+                    }
+                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+                        if let Ok(mut cpu) = cpu_at_last.lock() {
+                            *cpu = Some(precise_cpu_time());
+                        }
                     }
                     gst::PadProbeReturn::Remove
                 });
@@ -450,7 +460,12 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 }
                 std::thread::sleep(Duration::from_millis(2));
             };
-            let cpu = precise_cpu_time() - cpu0;
+            let cpu = cpu_at_last
+                .lock()
+                .ok()
+                .and_then(|c| *c)
+                .ok_or("no CPU figure")?
+                - cpu0;
             pipeline.set_state(gst::State::Null)?;
             if let Some(dir) = files.first().and_then(|f| f.parent()) {
                 let _ = std::fs::remove_dir_all(dir);

@@ -132,6 +132,12 @@ impl Shared {
         }
     }
 
+    /// The decode chain is going away: waiters see `Abandoned`.
+    fn abandon(&self) {
+        self.lock().abandoned = true;
+        self.cond.notify_all();
+    }
+
     /// Wakes every waiter in `wait_native`, so it can check its `cancelled` condition.
     pub fn wake(&self) {
         let _guard = self.lock();
@@ -616,11 +622,8 @@ impl Decoder {
 
     fn shutdown(&mut self) {
         // A writer waiting for room in a streaming cache must not hold the streaming thread.
-        let mut probe = self.shared.lock();
-        probe.abandoned = true;
-        let cache = probe.cache.clone();
-        drop(probe);
-        self.shared.cond.notify_all();
+        self.shared.abandon();
+        let cache = self.shared.lock().cache.clone();
         if let Some(cache) = cache {
             cache.close();
         }

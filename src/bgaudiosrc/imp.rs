@@ -15,7 +15,7 @@ use super::cache::{PcmCache, Read, ReadError, Reader};
 use super::decoder::{self, Decoder, NativeFormat, WaitError};
 use super::gain::{self, Envelope};
 use super::registry::{self, CacheKey, FileId, Lease, Probe};
-use super::startup::{self, Startup};
+use super::startup::Startup;
 use super::{BgAudioSrcMode, CAT};
 
 const DEFAULT_LOCATION: Option<String> = None;
@@ -170,7 +170,7 @@ pub struct BgAudioSrc {
     reader: Mutex<Option<Reader>>,
     /// Set by `unlock`: format, cache and clock waits return at once.
     flushing: AtomicBool,
-    /// Held from `start` to the first buffer: start-up turns, and decoders give way meanwhile.
+    /// Held from `start` to the first buffer: decoders give way meanwhile (see `startup`).
     startup: Mutex<Option<Startup>>,
     /// The `fade-out` signal came; the next buffer starts the fade.
     fade_out_pending: AtomicBool,
@@ -493,7 +493,7 @@ impl BaseSrcImpl for BgAudioSrc {
     /// Learns the file's own format first (waiting on the streaming thread, interruptibly and
     /// within `timeout`), so that `fixate` can prefer it, then negotiates as usual.
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        match self.take_turn().and_then(|()| self.wait_native()) {
+        match self.wait_native() {
             Ok(_) => self.parent_negotiate(),
             Err(WaitError::Cancelled) => {
                 // Flushing (a state change or a seek): negotiate again next time round; `create`
@@ -767,7 +767,6 @@ impl BaseSrcImpl for BgAudioSrc {
         if let Some(id) = self.clock_id().take() {
             id.unschedule();
         }
-        startup::wake_all();
         match &*self.state() {
             State::Starting(starting) => {
                 if let Some(shared) = &starting.waiting {
@@ -1050,31 +1049,6 @@ impl BgAudioSrc {
                 Err(WaitError::Abandoned) => starting.waiting = None,
                 Err(err) => return Err(err),
             }
-        }
-    }
-
-    /// Waits for this element's start-up turn (see `startup`), unless it is running already.
-    fn take_turn(&self) -> Result<(), WaitError> {
-        if !matches!(*self.state(), State::Starting(_)) {
-            return Ok(());
-        }
-        // Out of its mutex while waiting; only the streaming thread (here) and `stop` (after
-        // that thread is gone) touch it.
-        let mut startup = self.startup().take();
-        let got = startup
-            .as_mut()
-            .is_none_or(|s| s.take_turn(|| self.flushing.load(Ordering::SeqCst)));
-        *self.startup() = startup;
-        gst::debug!(
-            CAT,
-            imp = self,
-            "Start-up turn {}",
-            if got { "taken" } else { "cancelled" }
-        );
-        if got {
-            Ok(())
-        } else {
-            Err(WaitError::Cancelled)
         }
     }
 
