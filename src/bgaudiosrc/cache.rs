@@ -231,8 +231,7 @@ impl PcmCache {
         if !filling.streaming || filling.closed {
             return false;
         }
-        let chunk_bytes = self.chunk_samples() as u64 * 2;
-        let limit = self.limit.max(2 * chunk_bytes);
+        let limit = self.window_limit();
         if Self::held_bytes(filling, self.chunk_samples()) >= limit {
             return true;
         }
@@ -242,10 +241,37 @@ impl PcmCache {
         filling.frames >= furthest + window
     }
 
+    /// The most a window holds: the limit, but never less than two chunks.
+    fn window_limit(&self) -> u64 {
+        self.limit.max(2 * self.chunk_samples() as u64 * 2)
+    }
+
+    /// A window at its limit does not wait for a reader that has fallen that far behind the
+    /// others (an element paused, or left in a pipeline that stopped pulling): once the furthest
+    /// reader has passed the oldest chunk, it goes, and a reader still in it skips ahead when
+    /// it reads next. Without this, one such reader would starve every other.
+    fn overtake(&self, filling: &mut Filling) {
+        if !filling.streaming {
+            return;
+        }
+        let Some(furthest) = filling.furthest_reader() else {
+            return;
+        };
+        let chunk_frames = self.chunk_frames as u64;
+        while Self::held_bytes(filling, self.chunk_samples()) >= self.window_limit()
+            && !filling.chunks.is_empty()
+            && furthest >= (filling.first_chunk + 1) * chunk_frames
+        {
+            filling.chunks.pop_front();
+            filling.first_chunk += 1;
+        }
+    }
+
     /// Whether the writer gives way to elements that are starting (`startup`): it is
     /// `DECODE_LEAD` ahead of its furthest reader while some element waits for its first buffer.
     fn yields_to_startup(&self, filling: &Filling) -> bool {
-        if filling.closed || !startup::decoders_yield() {
+        // A window is paced by its readers already; only filling a copy gives way.
+        if filling.closed || filling.streaming || !startup::decoders_yield() {
             return false;
         }
         let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000;
@@ -294,6 +320,7 @@ impl PcmCache {
             .map(|b| i16::from_ne_bytes([b[0], b[1]]));
         loop {
             loop {
+                self.overtake(&mut filling);
                 if self.window_full(&filling) {
                     filling.writer_waiting = true;
                     filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
@@ -325,7 +352,7 @@ impl PcmCache {
                 let full = std::mem::take(&mut filling.tail);
                 filling.chunks.push_back(Chunk::new(full));
             }
-            if !filling.streaming && Self::held_bytes(&filling, chunk_samples) >= self.limit {
+            if !filling.streaming && Self::held_bytes(&filling, chunk_samples) > self.limit {
                 filling.streaming = true;
                 gst::info!(
                     CAT,
@@ -425,14 +452,15 @@ impl PcmCache {
         self.cond.notify_all();
     }
 
-    /// A reader at the start of the stream, or `None` if the cache already streams past it
-    /// (a window has no start to give to a reader that comes late).
+    /// A reader at the start of the stream, or `None` if the cache is a window already holding
+    /// data (a window has no start to give to a reader that comes late, and may have moved on
+    /// to later passes).
     pub fn reader(self: &Arc<Self>) -> Option<Reader> {
         let id = if self.frozen.get().is_some() {
             None
         } else {
             let mut filling = self.lock();
-            if filling.streaming && filling.first_chunk > 0 {
+            if filling.streaming && filling.frames > 0 {
                 return None;
             }
             let id = match filling.readers.iter().position(Option::is_none) {
@@ -502,7 +530,11 @@ impl PcmCache {
             return 0;
         }
         let frames = (max_frames as u64).min(end - pos) as usize;
-        let skip = (pos / self.chunk_frames as u64 - first_chunk) as usize;
+        debug_assert!(
+            pos / self.chunk_frames as u64 >= first_chunk,
+            "read before the window"
+        );
+        let skip = (pos / self.chunk_frames as u64).saturating_sub(first_chunk) as usize;
         let mut offset = (pos % self.chunk_frames as u64) as usize * self.channels;
         let mut left = frames * self.channels;
         let mut chunks = chunks.skip(skip);
@@ -605,18 +637,26 @@ impl Reader {
             if pass_end == Some(self.pos) {
                 return Ok(Read::PassEnd);
             }
-            let end = pass_end.unwrap_or(filling.frames);
-            if self.pos < filling.first_chunk * cache.chunk_frames as u64 {
-                // Registered readers keep what they have not read; this cannot happen, but a
-                // reader must never wait for frames that are gone.
-                return Err(ReadError::Failed(gst::error_msg!(
-                    gst::StreamError::Failed,
-                    (
-                        "Frame {} was dropped from the streaming window before it was read",
-                        self.pos
-                    )
-                )));
+            let held_from = filling.first_chunk * cache.chunk_frames as u64;
+            if self.pos < held_from {
+                // Overtaken (see `overtake`): go on from the oldest frame held, in the pass
+                // that holds it.
+                gst::warning!(
+                    CAT,
+                    "A reader fell {} frames behind a full window: skipping ahead",
+                    held_from - self.pos
+                );
+                self.pos = held_from;
+                self.pass = filling.first_pass
+                    + filling
+                        .pass_ends
+                        .iter()
+                        .take_while(|end| **end <= held_from)
+                        .count() as u64;
+                self.in_pass = 1;
+                continue;
             }
+            let end = pass_end.unwrap_or(filling.frames);
             if end > self.pos {
                 let n = cache.read_chunks(
                     filling.chunks.iter(),
@@ -913,6 +953,56 @@ mod tests {
             reader.read(10, None, || false, |_| ()),
             Err(ReadError::Ended("cannot loop".to_owned()))
         );
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_does_not_starve_the_others() {
+        gst::init().unwrap();
+        // A shared copy of unknown length turns into a window: mono 8 kHz, limit three chunks.
+        let limit = 3 * CHUNK_FRAMES as u64 * 2;
+        let cache = Arc::new(PcmCache::new(8000, 1, limit));
+        let mut active = cache.reader().unwrap();
+        let mut paused = cache.reader().unwrap();
+        cache.push_bytes(&ramp(1000, 1, 0));
+        assert_eq!(collect(&mut paused, 100).0, Read::Frames(100));
+        let total = CHUNK_FRAMES * 12;
+        let writer = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                for start in (1000..total).step_by(1000) {
+                    cache.push_bytes(&ramp(1000.min(total - start), 1, start));
+                }
+            })
+        };
+        // The active reader gets through it all while the other one reads nothing.
+        let mut got = 0usize;
+        while got < total {
+            // (A deadline, so a starved reader fails the test instead of hanging it.)
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let read = active
+                .read(
+                    700,
+                    Some(deadline),
+                    || false,
+                    |s| {
+                        assert_eq!(s, &expect(got, s.len(), 1)[..], "at frame {got}");
+                        got += s.len();
+                    },
+                )
+                .unwrap();
+            assert!(matches!(read, Read::Frames(_)), "{read:?} at frame {got}");
+            assert!(cache.byte_size() <= limit + CHUNK_FRAMES as u64 * 2);
+        }
+        writer.join().unwrap();
+        // The paused one goes on from the oldest frame still held.
+        let (read, samples) = collect(&mut paused, 10);
+        assert_eq!(read, Read::Frames(10));
+        assert!(
+            paused.position() > CHUNK_FRAMES as u64 * 8,
+            "{}",
+            paused.position()
+        );
+        assert_eq!(samples, expect(paused.position() as usize - 10, 10, 1));
     }
 
     #[test]

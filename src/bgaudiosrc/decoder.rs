@@ -23,10 +23,17 @@ use gst::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::cache::PcmCache;
 use super::CAT;
+
+/// How long dropping a `Decoder` waits for its pipeline to reach NULL.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(150);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The decoded stream's own format, before any conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,8 +295,8 @@ fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
     let cookie = gst::Registry::get().feature_list_cookie();
     let key = caps.to_string();
     let lock = || FACTORIES.lock().unwrap_or_else(|e| e.into_inner());
-    let mut factories = lock();
-    if factories.cookie != Some(cookie) {
+    if lock().cookie != Some(cookie) {
+        // Built outside the lock: the registry's feature list changes as plugins load.
         let mut all: Vec<gst::ElementFactory> = gst::ElementFactory::factories_with_type(
             gst::ElementFactoryType::DECODABLE,
             gst::Rank::MARGINAL,
@@ -303,12 +310,16 @@ fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
                 .cmp(&a.rank())
                 .then_with(|| a.name().cmp(&b.name()))
         });
-        *factories = Factories {
-            cookie: Some(cookie),
-            all: Arc::new(all),
-            by_caps: HashMap::new(),
-        };
+        let mut factories = lock();
+        if factories.cookie != Some(cookie) {
+            *factories = Factories {
+                cookie: Some(cookie),
+                all: Arc::new(all),
+                by_caps: HashMap::new(),
+            };
+        }
     }
+    let factories = lock();
     if let Some(list) = factories.by_caps.get(&key) {
         return glib::ValueArray::new(list.iter());
     }
@@ -344,7 +355,9 @@ pub struct Decoder {
     capsfilter: gst::Element,
     shared: Arc<Shared>,
     block: Option<(gst::Pad, gst::PadProbeId)>,
-    live: bool,
+    /// Set once the chain is shut down, under its lock, so that a state change still queued
+    /// from `start` does not run after it.
+    control: Arc<Mutex<bool>>,
 }
 
 impl Decoder {
@@ -356,7 +369,7 @@ impl Decoder {
         file: Option<&Path>,
         shared: &Arc<Shared>,
     ) -> Result<Decoder, gst::ErrorMessage> {
-        let mut decoder = Self::build(uri, file, shared).map_err(|err| {
+        let decoder = Self::build(uri, file, shared).map_err(|err| {
             let err = gst::error_msg!(
                 gst::CoreError::MissingPlugin,
                 (
@@ -369,43 +382,58 @@ impl Decoder {
             err
         })?;
 
-        // A live source (udp://, rtsp://) produces nothing in PAUSED: tell it by the answer to
-        // PAUSED, then go on to PLAYING either way. (A local file is never live: it goes to
-        // PLAYING in one step.) Data is held back by the blocking probe until the output format
-        // is known.
-        let playing = if file.is_some() {
-            decoder.pipeline.set_state(gst::State::Playing)
-        } else {
-            let paused = decoder.pipeline.set_state(gst::State::Paused);
-            decoder.live = paused == Ok(gst::StateChangeSuccess::NoPreroll);
-            shared.lock().live = decoder.live;
-            paused.and_then(|_| decoder.pipeline.set_state(gst::State::Playing))
-        };
-        if playing.is_err() {
-            // The element that failed has normally posted the reason on the bus already.
-            let err = shared.lock().error.clone().unwrap_or_else(|| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    ("Could not open '{}'", shared.location)
-                )
-            });
-            shared.on_error(err.clone());
-            decoder.shutdown();
-            return Err(err);
-        }
-        gst::debug!(
-            CAT,
-            obj = decoder.pipeline,
-            "Started decoding '{}'{}",
-            shared.location,
-            if decoder.live { " (live source)" } else { "" }
-        );
+        // The state changes run on a thread of GStreamer's pool, not the caller's: some sources
+        // connect or open inside them (rtmp://, srt:// as a caller, a file on a hung network
+        // mount), and nothing here may wait for a source. A live source (udp://, rtsp://)
+        // produces nothing in PAUSED: it is told by the answer to PAUSED, then the chain goes
+        // on to PLAYING either way. (A local file is never live: PLAYING in one step.) Data is
+        // held back by the blocking probe until the output format is known. `control` orders
+        // this against `shutdown`, which may be queued on another pool thread.
+        let (shared_async, control, local) =
+            (shared.clone(), decoder.control.clone(), file.is_some());
+        decoder.pipeline.call_async(move |pipeline| {
+            let shut = lock(&control);
+            if *shut {
+                return;
+            }
+            let playing = if local {
+                pipeline.set_state(gst::State::Playing)
+            } else {
+                let paused = pipeline.set_state(gst::State::Paused);
+                shared_async.lock().live = paused == Ok(gst::StateChangeSuccess::NoPreroll);
+                paused.and_then(|_| pipeline.set_state(gst::State::Playing))
+            };
+            drop(shut);
+            if playing.is_err() {
+                // The element that failed has normally posted the reason on the bus already.
+                let err = shared_async.lock().error.clone().unwrap_or_else(|| {
+                    gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        ("Could not open '{}'", shared_async.location)
+                    )
+                });
+                shared_async.on_error(err);
+                return;
+            }
+            gst::debug!(
+                CAT,
+                obj = pipeline,
+                "Started decoding '{}'{}",
+                shared_async.location,
+                if shared_async.lock().live {
+                    " (live source)"
+                } else {
+                    ""
+                }
+            );
+        });
         Ok(decoder)
     }
 
-    /// Whether the source is live: it produces in real time and cannot be read ahead.
+    /// Whether the source is live: it produces in real time and cannot be read ahead. Known
+    /// once the chain shows its format.
     pub fn is_live(&self) -> bool {
-        self.live
+        self.shared.lock().live
     }
 
     /// A local file is read by `filesrc ! decodebin`, anything else by `uridecodebin`: for a
@@ -580,7 +608,7 @@ impl Decoder {
             capsfilter,
             shared: shared.clone(),
             block: Some((convert_sink, block)),
-            live: false,
+            control: Arc::new(Mutex::new(false)),
         })
     }
 
@@ -615,9 +643,9 @@ impl Decoder {
         Ok(())
     }
 
-    /// The length of the file, as far as the decoder knows it.
-    pub fn duration(&self) -> Option<gst::ClockTime> {
-        self.pipeline.query_duration::<gst::ClockTime>()
+    /// The private pipeline, to query it.
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
     }
 
     fn shutdown(&mut self) {
@@ -628,7 +656,26 @@ impl Decoder {
             cache.close();
         }
         // Going to NULL deactivates the pads, which also releases a blocked streaming thread.
-        let _ = self.pipeline.set_state(gst::State::Null);
+        // On a pool thread, waited for a little: a source stuck inside a state change (a
+        // connect with a long timeout) is left to finish going to NULL in the background
+        // rather than hold the element's own state change.
+        let (done, finished) = std::sync::mpsc::channel();
+        let control = self.control.clone();
+        self.pipeline.call_async(move |pipeline| {
+            let mut shut = lock(&control);
+            *shut = true;
+            let _ = pipeline.set_state(gst::State::Null);
+            drop(shut);
+            let _ = done.send(());
+        });
+        if finished.recv_timeout(SHUTDOWN_WAIT).is_err() {
+            gst::warning!(
+                CAT,
+                obj = self.pipeline,
+                "'{}' is still stopping; it finishes in the background",
+                self.shared.location
+            );
+        }
         if let Some((pad, id)) = self.block.take() {
             pad.remove_probe(id);
         }

@@ -642,6 +642,7 @@ impl BaseSrcImpl for BgAudioSrc {
             .filter(|_| !streaming)
             .map(|file| CacheKey {
                 file,
+                max_cache_size,
                 rate: info.rate(),
                 channels: info.channels(),
                 channel_mask: caps
@@ -702,7 +703,8 @@ impl BaseSrcImpl for BgAudioSrc {
             envelope: None,
             timestamp_offset: None,
         }));
-        self.obj().set_blocksize(frames_per_buffer as u32 * bpf);
+        self.obj()
+            .set_blocksize((frames_per_buffer as u32).saturating_mul(bpf));
         Ok(())
     }
 
@@ -729,9 +731,16 @@ impl BaseSrcImpl for BgAudioSrc {
                     q.set(gst::ClockTime::NONE);
                     return true;
                 }
-                let duration = match &*self.state() {
+                // What to ask is copied out: the decode chain is queried with no lock held.
+                let (entry, native) = match &*self.state() {
                     State::Running(running) => {
-                        let entry = running.lease.entry();
+                        (Some(running.lease.entry().clone()), Some(running.native))
+                    }
+                    State::Starting(starting) => (None, starting.native),
+                    State::Stopped => (None, None),
+                };
+                let duration = entry
+                    .and_then(|entry| {
                         let cache = &entry.cache;
                         cache
                             .complete_frames()
@@ -740,14 +749,8 @@ impl BaseSrcImpl for BgAudioSrc {
                             })
                             .map(gst::ClockTime::from_nseconds)
                             .or_else(|| entry.duration())
-                            .or(running.native.duration)
-                    }
-                    State::Starting(starting) => starting
-                        .native
-                        .and_then(|n| n.duration)
-                        .or_else(|| starting.decoder.as_ref().and_then(Decoder::duration)),
-                    State::Stopped => None,
-                };
+                    })
+                    .or(native.and_then(|n| n.duration));
                 if let Some(duration) = duration {
                     q.set(duration);
                     return true;
@@ -855,7 +858,7 @@ impl PushSrcImpl for BgAudioSrc {
         if let Some(end) = envelope.end() {
             if sample_offset >= end {
                 gst::debug!(CAT, imp = self, "Faded out, EOS");
-                return Err(gst::FlowError::Eos);
+                return Err(self.end_of_stream());
             }
             frames_per_buffer = frames_per_buffer.min((end - sample_offset) as usize);
         }
@@ -872,8 +875,8 @@ impl PushSrcImpl for BgAudioSrc {
                 self.instant_at(due)
             });
 
-        let mut reader = self.reader();
-        let reader = reader.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let mut reader_guard = self.reader();
+        let reader = reader_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
         let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
         let fill = match gain {
             Some(g) if g == 1.0 && reader.cache().complete_frames().is_some() => {
@@ -897,6 +900,7 @@ impl PushSrcImpl for BgAudioSrc {
             )?,
         };
         let position = reader.position();
+        drop(reader_guard);
         let Fill::Buffer {
             mut buffer,
             frames,
@@ -904,7 +908,7 @@ impl PushSrcImpl for BgAudioSrc {
         } = fill
         else {
             gst::debug!(CAT, imp = self, "End of file at frame {}, EOS", position);
-            return Err(gst::FlowError::Eos);
+            return Err(self.end_of_stream());
         };
         // Read the clock only now that the first buffer is filled: the first pass may have
         // waited for the decoder, and the buffer must not be stamped in the past.
@@ -1010,6 +1014,8 @@ impl BgAudioSrc {
                             .map_err(WaitError::Failed)?;
                             state = self.state();
                             let State::Starting(starting) = &mut *state else {
+                                drop(state);
+                                drop(decoder);
                                 return Err(WaitError::Cancelled);
                             };
                             starting.decoder = Some(decoder);
@@ -1281,6 +1287,14 @@ impl BgAudioSrc {
         }
         self.fade_out_pending.store(true, Ordering::SeqCst);
         gst::info!(CAT, imp = self, "Fade-out asked for");
+    }
+
+    /// Lets go of this element's place in its decoded copy at EOS, so that a streaming window
+    /// shared with others, or its own decoder's next pass, does not wait for a reader that will
+    /// never read again. (`start` after a stop makes a new one.)
+    fn end_of_stream(&self) -> gst::FlowError {
+        self.reader().take();
+        gst::FlowError::Eos
     }
 
     fn log_loop(&self, position: u64) {

@@ -13,6 +13,8 @@
 //! one is held. A new entry is published before its decode chain starts, and elements that join
 //! it meanwhile simply read from its cache, which waits for the data.
 
+use gst::prelude::*;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
@@ -35,10 +37,12 @@ pub struct FileId {
     pub modified: Option<SystemTime>,
 }
 
-/// One decoded copy: a file in one output format.
+/// One decoded copy: a file in one output format, under one memory limit (an element with
+/// another `max-cache-size` must neither hold more than its own nor be held to less).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub file: FileId,
+    pub max_cache_size: u64,
     pub rate: u32,
     pub channels: u32,
     pub channel_mask: u64,
@@ -77,9 +81,10 @@ impl Entry {
         drop(decoder);
     }
 
-    /// The decoder's idea of the file's length, while it runs.
+    /// The decoder's idea of the file's length, while it runs (asked with no lock held).
     pub fn duration(&self) -> Option<gst::ClockTime> {
-        self.decoder().as_ref().and_then(|d| d.duration())
+        let pipeline = self.decoder().as_ref().map(|d| d.pipeline().clone());
+        pipeline.and_then(|p| p.query_duration::<gst::ClockTime>())
     }
 }
 
@@ -312,6 +317,7 @@ pub struct CacheUsage {
 /// The decoded copies held by the process now, for monitoring memory.
 pub fn usage() -> CacheUsage {
     let reg = registry();
+    let private: Vec<Arc<Entry>> = reg.private.iter().filter_map(Weak::upgrade).collect();
     let mut usage = CacheUsage::default();
     for slot in reg.slots.values() {
         let bytes = slot.entry.cache.byte_size();
@@ -323,10 +329,14 @@ pub fn usage() -> CacheUsage {
             usage.retained_bytes += bytes;
         }
     }
-    for entry in reg.private.iter().filter_map(Weak::upgrade) {
+    drop(reg);
+    // Outside the lock: if an element let go meanwhile, the last reference to its entry is
+    // ours, and dropping it shuts a decode chain down.
+    for entry in &private {
         usage.entries += 1;
         usage.bytes += entry.cache.byte_size();
     }
+    drop(private);
     usage
 }
 

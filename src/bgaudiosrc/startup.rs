@@ -14,8 +14,8 @@
 //! buffers took a median 134 ms and at worst 388 ms; with it, 51 and 72. Letting start-ups take
 //! turns, one per core, on top of it made no difference, so they do not.)
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How far ahead of its readers a decoder may run while elements are starting.
@@ -24,34 +24,48 @@ pub const DECODE_LEAD: Duration = Duration::from_millis(60);
 /// source, a live pipeline left in PAUSED) does not hold decoders back for ever.
 const STARTING_MAX: Duration = Duration::from_secs(1);
 
-static STARTING: AtomicUsize = AtomicUsize::new(0);
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-/// When the last element started, in nanoseconds since `EPOCH`.
-static LAST_START: AtomicU64 = AtomicU64::new(0);
+/// The elements starting now, counted by when they started (nanoseconds since `EPOCH`).
+static STARTING: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 
-/// Held by an element from `start` to its first buffer: while any is held, decoders give way.
+fn starting() -> MutexGuard<'static, BTreeMap<u64, usize>> {
+    STARTING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by an element from `start` to its first buffer: while one younger than `STARTING_MAX`
+/// is held, decoders give way.
 #[derive(Debug)]
-pub struct Startup(());
+pub struct Startup {
+    since: u64,
+}
 
 impl Startup {
     pub fn new() -> Self {
-        LAST_START.store(EPOCH.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        STARTING.fetch_add(1, Ordering::SeqCst);
-        Startup(())
+        let since = EPOCH.elapsed().as_nanos() as u64;
+        *starting().entry(since).or_default() += 1;
+        Startup { since }
     }
 }
 
 impl Drop for Startup {
     fn drop(&mut self) {
-        STARTING.fetch_sub(1, Ordering::SeqCst);
+        let mut starting = starting();
+        if let Some(count) = starting.get_mut(&self.since) {
+            *count -= 1;
+            if *count == 0 {
+                starting.remove(&self.since);
+            }
+        }
     }
 }
 
-/// Whether decoders should give way: some element is waiting for its first buffer.
+/// Whether decoders should give way: an element started less than `STARTING_MAX` ago is still
+/// waiting for its first buffer. (Elements stuck for longer do not count.)
 pub fn decoders_yield() -> bool {
-    STARTING.load(Ordering::SeqCst) > 0
-        && EPOCH.elapsed().as_nanos() as u64
-            <= LAST_START.load(Ordering::SeqCst) + STARTING_MAX.as_nanos() as u64
+    let youngest = starting().last_key_value().map(|(since, _)| *since);
+    youngest.is_some_and(|since| {
+        EPOCH.elapsed().as_nanos() as u64 <= since + STARTING_MAX.as_nanos() as u64
+    })
 }
 
 #[cfg(test)]
