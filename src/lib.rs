@@ -32,6 +32,7 @@ gst::plugin_define!(
     "MIT/X11",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // Origin: the project has no public address yet.
+    "gst-plugin-bgaudio (unpublished)",
     env!("BUILD_REL_DATE")
 );
