@@ -4,8 +4,9 @@
 //! `uridecodebin ! audioconvert ! audioresample ! capsfilter ! appsink` that turns the file into
 //! interleaved S16 at the negotiated rate and channel count and appends it to a `PcmCache`.
 //!
-//! Nothing here blocks the caller. `Decoder::start` builds the pipeline, sets it playing and
-//! returns; decoded data is held back by a blocking probe until the output format is known.
+//! Nothing here blocks the caller. `Decoder::start` builds the pipeline, hands its state changes
+//! to a GStreamer pool thread and returns; decoded data is held back by a blocking probe until
+//! the output format is known.
 //! Whoever needs the file's own format waits for it on the chain's `Shared` (`wait_native`), with
 //! a deadline and a cancel check, and may share that wait with other elements on the same file.
 //! `Decoder::start_output` then sets the output format and lets the samples flow into the cache.
