@@ -34,6 +34,9 @@ pub const CHUNK_FRAMES: usize = 16_384;
 pub const STREAM_CHUNK_FRAMES: usize = 4_096;
 /// How far the decoder runs ahead of the furthest reader in streaming mode.
 const STREAM_WINDOW_BYTES: u64 = 256 * 1024;
+/// How often a writer that gives way to start-ups looks whether they are over. Readers wake it
+/// sooner as they move; the lead it keeps (`startup::DECODE_LEAD`) covers the wait.
+const STARTUP_POLL: Duration = Duration::from_millis(20);
 
 /// One sealed run of samples, readable as `&[i16]` and shareable as a `gst::Memory`.
 #[derive(Debug)]
@@ -325,11 +328,12 @@ impl PcmCache {
                     filling.writer_waiting = true;
                     filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
                 } else if self.yields_to_startup(&filling) {
-                    // Woken when a reader moves; start-up ending is looked for every few ms.
+                    // Woken when a reader moves; start-up ending is looked for now and then
+                    // (the lead covers the time until then).
                     filling.writer_waiting = true;
                     filling = self
                         .cond
-                        .wait_timeout(filling, Duration::from_millis(5))
+                        .wait_timeout(filling, STARTUP_POLL)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 } else {

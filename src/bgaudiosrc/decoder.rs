@@ -364,13 +364,15 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the decode chain for `uri` and sets it playing; returns at once. The stream's
     /// format arrives on `shared` (`Shared::wait_native`); failures too, and are returned here
-    /// as well when they happen at once.
+    /// as well when they happen at once. `output`, when already known, is the format to
+    /// convert to (`start_output` may still change it).
     pub fn start(
         uri: &str,
         file: Option<&Path>,
         shared: &Arc<Shared>,
+        output: Option<&gst_audio::AudioInfo>,
     ) -> Result<Decoder, gst::ErrorMessage> {
-        let decoder = Self::build(uri, file, shared).map_err(|err| {
+        let decoder = Self::build(uri, file, shared, output).map_err(|err| {
             let err = gst::error_msg!(
                 gst::CoreError::MissingPlugin,
                 (
@@ -444,6 +446,7 @@ impl Decoder {
         uri: &str,
         file: Option<&Path>,
         shared: &Arc<Shared>,
+        output: Option<&gst_audio::AudioInfo>,
     ) -> Result<Decoder, glib::BoolError> {
         let pipeline = gst::Pipeline::builder().name("bgaudiosrc-decoder").build();
         let (input, source) = match file {
@@ -477,6 +480,9 @@ impl Decoder {
             .build()?;
         let resample = gst::ElementFactory::make("audioresample").build()?;
         let capsfilter = gst::ElementFactory::make("capsfilter").build()?;
+        if let Some(output) = output {
+            capsfilter.set_property("caps", output.to_caps()?);
+        }
         let appsink = gst_app::AppSink::builder()
             .caps(
                 &gst_audio::AudioCapsBuilder::new_interleaved()
@@ -625,7 +631,14 @@ impl Decoder {
                 ("Cannot express {:?} as caps", info)
             )
         })?;
-        self.capsfilter.set_property("caps", &caps);
+        // Set again only when it changes: a new value makes the chain negotiate again.
+        let current = self.capsfilter.property::<Option<gst::Caps>>("caps");
+        let current = current
+            .filter(|c| c.is_fixed())
+            .and_then(|c| gst_audio::AudioInfo::from_caps(&c).ok());
+        if current.as_ref() != Some(info) {
+            self.capsfilter.set_property("caps", &caps);
+        }
 
         let mut probe = self.shared.lock();
         probe.cache = Some(cache.clone());

@@ -15,7 +15,7 @@ use super::cache::{PcmCache, Read, ReadError, Reader};
 use super::decoder::{self, Decoder, NativeFormat, WaitError};
 use super::gain::{self, Envelope};
 use super::registry::{self, CacheKey, FileId, Lease, Probe};
-use super::startup::Startup;
+use super::startup::{self, Startup};
 use super::{BgAudioSrcMode, CAT};
 
 const DEFAULT_LOCATION: Option<String> = None;
@@ -170,7 +170,8 @@ pub struct BgAudioSrc {
     reader: Mutex<Option<Reader>>,
     /// Set by `unlock`: format, cache and clock waits return at once.
     flushing: AtomicBool,
-    /// Held from `start` to the first buffer: decoders give way meanwhile (see `startup`).
+    /// Held from `start` to the first buffer: the start-up turn, and decoders give way
+    /// meanwhile (see `startup`).
     startup: Mutex<Option<Startup>>,
     /// The `fade-out` signal came; the next buffer starts the fade.
     fade_out_pending: AtomicBool,
@@ -493,7 +494,7 @@ impl BaseSrcImpl for BgAudioSrc {
     /// Learns the file's own format first (waiting on the streaming thread, interruptibly and
     /// within `timeout`), so that `fixate` can prefer it, then negotiates as usual.
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        match self.wait_native() {
+        match self.take_turn().and_then(|()| self.wait_native()) {
             Ok(_) => self.parent_negotiate(),
             Err(WaitError::Cancelled) => {
                 // Flushing (a state change or a seek): negotiate again next time round; `create`
@@ -667,6 +668,7 @@ impl BaseSrcImpl for BgAudioSrc {
                     &source.uri,
                     source.file.as_ref().map(|f| f.path.as_path()),
                     &decoder::Shared::new(&source.location),
+                    Some(&info),
                 ),
             }
             .and_then(|mut decoder| {
@@ -770,6 +772,7 @@ impl BaseSrcImpl for BgAudioSrc {
         if let Some(id) = self.clock_id().take() {
             id.unschedule();
         }
+        startup::wake_all();
         match &*self.state() {
             State::Starting(starting) => {
                 if let Some(shared) = &starting.waiting {
@@ -1004,12 +1007,14 @@ impl BgAudioSrc {
                         Probe::Own(shared) => {
                             starting.waiting = Some(shared.clone());
                             drop(state);
+                            let output = self.fixed_output();
                             // Builds the chain and sets it playing; returns at once. A failure
                             // also reaches every element waiting on `shared`.
                             let decoder = Decoder::start(
                                 &source.uri,
                                 source.file.as_ref().map(|f| f.path.as_path()),
                                 &shared,
+                                output.as_ref(),
                             )
                             .map_err(WaitError::Failed)?;
                             state = self.state();
@@ -1055,6 +1060,68 @@ impl BgAudioSrc {
                 Err(WaitError::Abandoned) => starting.waiting = None,
                 Err(err) => return Err(err),
             }
+        }
+    }
+
+    /// The output format when downstream allows one rate and channel layout only, whatever the
+    /// file: a decode chain told it from the start converts to it at once, instead of showing
+    /// the file's own format first and negotiating again (a tenth of a start-up's CPU).
+    fn fixed_output(&self) -> Option<gst_audio::AudioInfo> {
+        let obj = self.obj();
+        let pad = obj.src_pad();
+        let peer = pad.peer_query_caps(Some(&pad.pad_template_caps()));
+        if peer.is_any() {
+            return None;
+        }
+        let mut fixed = None;
+        for s in peer.iter() {
+            let rate = s.get::<i32>("rate").ok()?;
+            let channels = s.get::<i32>("channels").ok()?;
+            let mask = match s.value("channel-mask") {
+                Ok(v) => Some(*v.get::<gst::Bitmask>().ok()?),
+                // Without a mask, more than two channels have no one layout.
+                Err(_) if channels > 2 => return None,
+                Err(_) => None,
+            };
+            match fixed {
+                None => fixed = Some((rate, channels, mask)),
+                Some(f) if f == (rate, channels, mask) => (),
+                Some(_) => return None,
+            }
+        }
+        let (rate, channels, mask) = fixed?;
+        let mut caps = gst_audio::AudioCapsBuilder::new_interleaved()
+            .format(gst_audio::AUDIO_FORMAT_S16)
+            .rate(rate)
+            .channels(channels);
+        if let Some(mask) = mask {
+            caps = caps.channel_mask(mask);
+        }
+        gst_audio::AudioInfo::from_caps(&caps.build()).ok()
+    }
+
+    /// Waits for this element's start-up turn (see `startup`), unless it is running already.
+    fn take_turn(&self) -> Result<(), WaitError> {
+        if !matches!(*self.state(), State::Starting(_)) {
+            return Ok(());
+        }
+        // Out of its mutex while waiting; only the streaming thread (here) and `stop` (after
+        // that thread is gone) touch it.
+        let mut startup = self.startup().take();
+        let got = startup
+            .as_mut()
+            .is_none_or(|s| s.take_turn(|| self.flushing.load(Ordering::SeqCst)));
+        *self.startup() = startup;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Start-up turn {}",
+            if got { "taken" } else { "cancelled" }
+        );
+        if got {
+            Ok(())
+        } else {
+            Err(WaitError::Cancelled)
         }
     }
 
