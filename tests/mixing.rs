@@ -417,12 +417,22 @@ fn fade_out_from_another_thread_always_fades() {
             path.display()
         ));
         let bg = pipeline.by_name("bg").unwrap();
+        // Counted on the element's pad, so the signal comes a few buffers in however fast the
+        // unsynced stream runs (it can produce the whole 60 s before a timer fires).
+        let pushed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = pushed.clone();
+        bg.static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
         let signaller = std::thread::spawn(move || {
             // A fade-out is for a running element: wait until it plays.
-            while bg.current_state() != gst::State::Playing {
-                std::thread::sleep(Duration::from_micros(50));
+            while pushed.load(std::sync::atomic::Ordering::SeqCst) < 1 + round % 5 {
+                std::thread::yield_now();
             }
-            std::thread::sleep(Duration::from_micros(200 * round));
+            std::thread::sleep(Duration::from_micros(20 * round));
             bg.emit_by_name::<()>("fade-out", &[]);
         });
         let out = collect_pipeline(&pipeline, Some(48_000 * 60));

@@ -177,6 +177,34 @@ pub fn apply_envelope(
     }
 }
 
+/// Writes `src * gain` as F32 into `dst`, full scale 1.0: `x * gain / 32768`. At gain 1 that is
+/// exactly `x / 32768` (a power of two: no rounding). Floats need no saturation.
+pub fn apply_f32(src: &[i16], dst: &mut [f32], gain: f64) {
+    debug_assert_eq!(src.len(), dst.len());
+    let gain = if gain.is_finite() { gain.max(0.0) } else { 0.0 };
+    let scale = (gain / 32768.0) as f32;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s as f32 * scale;
+    }
+}
+
+/// `apply_envelope` for F32 output.
+pub fn apply_envelope_f32(
+    src: &[i16],
+    dst: &mut [f32],
+    channels: usize,
+    first_frame: u64,
+    envelope: &Envelope,
+) {
+    for (i, (s, d)) in src
+        .chunks_exact(channels)
+        .zip(dst.chunks_exact_mut(channels))
+        .enumerate()
+    {
+        apply_f32(s, d, envelope.at(first_frame + i as u64));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,15 +11,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::cache::{PcmCache, Read, ReadError, Reader};
+use super::cache::{PcmCache, Reader};
 use super::decoder::{self, Decoder, NativeFormat, WaitError};
 use super::gain::{self, Envelope};
+use super::playout::frames_to_time;
 use super::registry::{self, CacheKey, FileId, Lease, Probe};
 use super::startup::{self, Startup};
 use super::{BgAudioSrcMode, CAT};
 
 const DEFAULT_LOCATION: Option<String> = None;
 const DEFAULT_VOLUME: f64 = 1.0;
+const DEFAULT_MUTE: bool = false;
 const DEFAULT_MODE: BgAudioSrcMode = BgAudioSrcMode::Playback;
 const DEFAULT_LOOP: bool = false;
 const DEFAULT_BUFFER_DURATION: gst::ClockTime = gst::ClockTime::from_mseconds(20);
@@ -30,22 +32,28 @@ const DEFAULT_FADE_OUT: gst::ClockTime = gst::ClockTime::from_mseconds(20);
 const MAX_FADE: gst::ClockTime = gst::ClockTime::from_seconds(10);
 /// How long a volume change takes: short enough to feel immediate, long enough that no change
 /// makes an audible step (zipper noise).
-const VOLUME_RAMP: gst::ClockTime = gst::ClockTime::from_mseconds(10);
+pub(super) const VOLUME_RAMP: gst::ClockTime = gst::ClockTime::from_mseconds(10);
 const DEFAULT_MAX_CACHE_SIZE: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
+/// The output formats, the preferred first (the decoded copy's own).
+const OUTPUT_FORMATS: [gst_audio::AudioFormat; 2] =
+    [gst_audio::AUDIO_FORMAT_S16, gst_audio::AUDIO_FORMAT_F32];
+const MAX_RATE: i32 = 768_000;
+const MAX_CHANNELS: i32 = 64;
 
 #[derive(Debug, Clone)]
-struct Settings {
-    location: Option<String>,
-    volume: f64,
-    mode: BgAudioSrcMode,
-    do_loop: bool,
-    buffer_duration: gst::ClockTime,
-    fade_in: gst::ClockTime,
-    fade_out: gst::ClockTime,
-    max_cache_size: u64,
+pub(super) struct Settings {
+    pub(super) location: Option<String>,
+    pub(super) volume: f64,
+    pub(super) mute: bool,
+    pub(super) mode: BgAudioSrcMode,
+    pub(super) do_loop: bool,
+    pub(super) buffer_duration: gst::ClockTime,
+    pub(super) fade_in: gst::ClockTime,
+    pub(super) fade_out: gst::ClockTime,
+    pub(super) max_cache_size: u64,
     /// How long the source may take to show its audio format; `None` waits for ever.
-    timeout: Option<gst::ClockTime>,
+    pub(super) timeout: Option<gst::ClockTime>,
 }
 
 impl Default for Settings {
@@ -53,6 +61,7 @@ impl Default for Settings {
         Settings {
             location: DEFAULT_LOCATION,
             volume: DEFAULT_VOLUME,
+            mute: DEFAULT_MUTE,
             mode: DEFAULT_MODE,
             do_loop: DEFAULT_LOOP,
             buffer_duration: DEFAULT_BUFFER_DURATION,
@@ -62,16 +71,6 @@ impl Default for Settings {
             timeout: Some(DEFAULT_TIMEOUT),
         }
     }
-}
-
-/// The settings `create` needs, copied out once per buffer without allocating.
-#[derive(Debug, Clone, Copy)]
-struct Playout {
-    volume: f64,
-    mode: BgAudioSrcMode,
-    do_loop: bool,
-    fade_in: gst::ClockTime,
-    fade_out: gst::ClockTime,
 }
 
 /// What the element plays, as `start` found it.
@@ -89,7 +88,7 @@ struct Source {
 /// From `start` until the output format is set: learning the file's own format. Nothing here
 /// blocks `start`; the wait happens on the streaming thread, in `negotiate`.
 #[derive(Debug)]
-struct Starting {
+pub(super) struct Starting {
     source: Source,
     /// When the source must have shown its format by (`timeout`).
     deadline: Option<Instant>,
@@ -103,26 +102,26 @@ struct Starting {
 
 /// From the output format on: playing a decoded copy.
 #[derive(Debug)]
-struct Running {
-    native: NativeFormat,
+pub(super) struct Running {
+    pub(super) native: NativeFormat,
     /// The decoded copy, shared with every element playing the same file in the same format.
-    lease: Lease,
+    pub(super) lease: Lease,
     /// The entry's decode chain was shut down after the cache completed.
-    decoder_released: bool,
-    info: gst_audio::AudioInfo,
-    frames_per_buffer: usize,
+    pub(super) decoder_released: bool,
+    pub(super) info: gst_audio::AudioInfo,
+    pub(super) frames_per_buffer: usize,
     /// Frames output so far: every timestamp and offset comes from this counter.
-    sample_offset: u64,
+    pub(super) sample_offset: u64,
     /// Gain per output frame: volume ramps and fades. Made at the first buffer.
-    envelope: Option<Envelope>,
+    pub(super) envelope: Option<Envelope>,
     /// Running time of frame 0: zero in playback mode; in mixing mode the running time at which
     /// the element started, so that it joins a running mixer at once.
-    timestamp_offset: Option<gst::ClockTime>,
+    pub(super) timestamp_offset: Option<gst::ClockTime>,
 }
 
 /// The element's phases: a stopped element has no source, a starting one no copy to play.
 #[derive(Debug, Default)]
-enum State {
+pub(super) enum State {
     #[default]
     Stopped,
     Starting(Starting),
@@ -139,44 +138,23 @@ impl State {
     }
 }
 
-/// How `fill_copied` scales the samples it copies.
-#[derive(Debug, Clone, Copy)]
-enum Gain<'a> {
-    Constant(f64),
-    /// Per frame, with the output frame number of the first sample.
-    Envelope(&'a Envelope, u64),
-}
-
-/// What a fill produced.
-#[derive(Debug)]
-enum Fill {
-    /// `frames` output frames, all silence (nothing was decoded in time) when `gap`.
-    Buffer {
-        buffer: gst::Buffer,
-        frames: usize,
-        gap: bool,
-    },
-    /// The end of the file (of its last pass): EOS.
-    End,
-}
-
 #[derive(Default)]
 pub struct BgAudioSrc {
-    settings: Mutex<Settings>,
-    state: Mutex<State>,
+    pub(super) settings: Mutex<Settings>,
+    pub(super) state: Mutex<State>,
     /// This element's place in its decoded copy. Used only by the streaming thread (and by
     /// `stop` once that thread is gone), apart from `state` so that reading, which may wait for
     /// the decoder, holds no lock that `unlock` or a query needs.
-    reader: Mutex<Option<Reader>>,
+    pub(super) reader: Mutex<Option<Reader>>,
     /// Set by `unlock`: format, cache and clock waits return at once.
-    flushing: AtomicBool,
+    pub(super) flushing: AtomicBool,
     /// Held from `start` to the first buffer: the start-up turn, and decoders give way
     /// meanwhile (see `startup`).
-    startup: Mutex<Option<Startup>>,
+    pub(super) startup: Mutex<Option<Startup>>,
     /// The `fade-out` signal came; the next buffer starts the fade.
-    fade_out_pending: AtomicBool,
+    pub(super) fade_out_pending: AtomicBool,
     /// The clock wait in progress in mixing mode, for `unlock` to cancel.
-    clock_id: Mutex<Option<gst::SingleShotClockId>>,
+    pub(super) clock_id: Mutex<Option<gst::SingleShotClockId>>,
 }
 
 #[glib::object_subclass]
@@ -203,6 +181,15 @@ impl ObjectImpl for BgAudioSrc {
                     .minimum(0.0)
                     .maximum(gain::MAX_GAIN)
                     .default_value(DEFAULT_VOLUME)
+                    .mutable_playing()
+                    .controllable()
+                    .build(),
+                /// Silence without losing the volume (ramped like a volume change); the
+                /// silent buffers are flagged GAP.
+                glib::ParamSpecBoolean::builder("mute")
+                    .nick("Mute")
+                    .blurb("Mute the output (ramped; silent buffers are flagged GAP)")
+                    .default_value(DEFAULT_MUTE)
                     .mutable_playing()
                     .controllable()
                     .build(),
@@ -300,17 +287,25 @@ impl ObjectImpl for BgAudioSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        // What the running element was started with cannot change under it: refused, as
+        // filesrc refuses a new location, and the property keeps reading the value in use.
+        if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY) {
+            let state = self.obj().current_state();
+            if state > gst::State::Ready {
+                glib::g_warning!(
+                    "bgaudiosrc",
+                    "{}: changing the '{}' property in the {:?} state is not supported; \
+                     set it in the NULL or READY state (it keeps its value in use)",
+                    self.obj().name(),
+                    pspec.name(),
+                    state
+                );
+                return;
+            }
+        }
         let mut settings = self.settings();
         match pspec.name() {
             "location" => {
-                if self.obj().current_state() > gst::State::Ready {
-                    gst::warning!(
-                        CAT,
-                        imp = self,
-                        "Changing the location while the element is running is not supported"
-                    );
-                    return;
-                }
                 let location = value
                     .get::<Option<String>>()
                     .expect("type checked upstream");
@@ -321,6 +316,10 @@ impl ObjectImpl for BgAudioSrc {
                 let volume = value.get().expect("type checked upstream");
                 gst::debug!(CAT, imp = self, "Volume {} -> {}", settings.volume, volume);
                 settings.volume = volume;
+            }
+            "mute" => {
+                settings.mute = value.get().expect("type checked upstream");
+                gst::debug!(CAT, imp = self, "Mute {}", settings.mute);
             }
             "mode" => {
                 let mode = value.get().expect("type checked upstream");
@@ -375,6 +374,7 @@ impl ObjectImpl for BgAudioSrc {
         match pspec.name() {
             "location" => settings.location.to_value(),
             "volume" => settings.volume.to_value(),
+            "mute" => settings.mute.to_value(),
             "mode" => settings.mode.to_value(),
             "loop" => settings.do_loop.to_value(),
             "buffer-duration" => settings.buffer_duration.nseconds().to_value(),
@@ -404,8 +404,13 @@ impl ElementImpl for BgAudioSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            // S16 is what the decoded copy holds; F32 is made from it at output. Rates and
+            // channel counts are bounded to what audio hardware and formats use, so no
+            // buffer size computed from them can overflow.
             let caps = gst_audio::AudioCapsBuilder::new_interleaved()
-                .format(gst_audio::AUDIO_FORMAT_S16)
+                .format_list(OUTPUT_FORMATS)
+                .rate_range(1..=MAX_RATE)
+                .channels_range(1..=MAX_CHANNELS)
                 .build();
             vec![gst::PadTemplate::new(
                 "src",
@@ -530,7 +535,17 @@ impl BaseSrcImpl for BgAudioSrc {
         // Once the output started, the cache holds samples in one format: offer only that one,
         // so a renegotiation keeps it wherever downstream still allows it.
         let current = match &*self.state() {
-            State::Running(running) => running.info.to_caps().ok(),
+            State::Running(running) => running.info.to_caps().ok().map(|mut caps| {
+                // Either output format: both are made from the same copy.
+                let format = running.info.format();
+                let formats = std::iter::once(format)
+                    .chain(OUTPUT_FORMATS.into_iter().filter(|f| *f != format))
+                    .map(|f| f.to_str().to_send_value());
+                if let Some(s) = caps.make_mut().structure_mut(0) {
+                    s.set("format", gst::List::from_values(formats));
+                }
+                caps
+            }),
             _ => None,
         };
         let Some(current) = current else {
@@ -542,12 +557,38 @@ impl BaseSrcImpl for BgAudioSrc {
         })
     }
 
-    fn fixate(&self, mut caps: gst::Caps) -> gst::Caps {
+    /// Keeps the file's own format where downstream allows it, whichever of downstream's
+    /// structures allows it: the first structure that takes the file's rate and channel count,
+    /// else its channel count, else its rate, else the first; within it the nearest rate and
+    /// channel count, the file's channel layout, and S16 (the copy's format) over F32.
+    fn fixate(&self, caps: gst::Caps) -> gst::Caps {
         let native = self.state().native();
-        caps.truncate();
-        if let Some(native) = native {
-            let caps = caps.make_mut();
+        let Some(native) = native else {
+            let mut caps = caps;
+            caps.truncate();
+            return self.parent_fixate(caps);
+        };
+        let (rate, channels) = (native.rate, native.channels);
+        let pick = [(true, true), (false, true), (true, false)]
+            .into_iter()
+            .find_map(|(want_rate, want_channels)| {
+                caps.iter().position(|s| {
+                    (!want_rate || allows(s, "rate", rate))
+                        && (!want_channels || allows(s, "channels", channels))
+                })
+            })
+            .unwrap_or(0);
+        let mut fixed = gst::Caps::new_empty();
+        if let (Some(s), Some(features)) = (caps.structure(pick), caps.features(pick)) {
+            fixed
+                .get_mut()
+                .expect("new caps are writable")
+                .append_structure_full(s.to_owned(), Some(features.to_owned()));
+        }
+        {
+            let caps = fixed.make_mut();
             if let Some(s) = caps.structure_mut(0) {
+                s.fixate_field_str("format", gst_audio::AUDIO_FORMAT_S16.to_str());
                 s.fixate_field_nearest_int("rate", native.rate);
                 s.fixate_field_nearest_int("channels", native.channels);
                 let channels = s.get::<i32>("channels").unwrap_or(native.channels);
@@ -564,8 +605,8 @@ impl BaseSrcImpl for BgAudioSrc {
                 }
             }
         }
-        gst::debug!(CAT, imp = self, "Fixating to {}", caps);
-        self.parent_fixate(caps)
+        gst::debug!(CAT, imp = self, "Fixating to {}", fixed);
+        self.parent_fixate(fixed)
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
@@ -579,16 +620,30 @@ impl BaseSrcImpl for BgAudioSrc {
             .unwrap_or(1)
             .max(1) as usize;
 
+        // The decoded copy holds S16 at the output's rate and layout.
+        let copy_info = copy_format(&info)
+            .map_err(|_| gst::loggable_error!(CAT, "No S16 format like {}", caps))?;
+
         let mut state = self.state();
         let starting = match &mut *state {
-            State::Running(current) => {
-                let current = &current.info;
+            State::Running(running) => {
+                let current = &running.info;
                 let same = current.rate() == info.rate()
                     && current.channels() == info.channels()
                     && current.positions() == info.positions();
                 if same {
+                    // The same copy serves the other sample format.
+                    if current.format() != info.format() {
+                        gst::info!(CAT, imp = self, "Output format now {}", caps);
+                        let bpf = info.bpf();
+                        running.info = info;
+                        drop(state);
+                        self.obj()
+                            .set_blocksize((frames_per_buffer as u32).saturating_mul(bpf));
+                    }
                     return Ok(());
                 }
+                let current = &running.info;
                 return Err(gst::loggable_error!(
                     CAT,
                     "Cannot change to {} after the output started at {} Hz, {} channels",
@@ -614,7 +669,7 @@ impl BaseSrcImpl for BgAudioSrc {
         let max_cache_size = settings.max_cache_size;
         let decoded_bytes = native.duration.and_then(|d| {
             d.nseconds().mul_div_ceil(
-                info.rate() as u64 * info.bpf() as u64,
+                copy_info.rate() as u64 * copy_info.bpf() as u64,
                 *gst::ClockTime::SECOND,
             )
         });
@@ -668,11 +723,11 @@ impl BaseSrcImpl for BgAudioSrc {
                     &source.uri,
                     source.file.as_ref().map(|f| f.path.as_path()),
                     &decoder::Shared::new(&source.location),
-                    Some(&info),
+                    Some(&copy_info),
                 ),
             }
             .and_then(|mut decoder| {
-                decoder.start_output(&info, entry.cache.clone())?;
+                decoder.start_output(&copy_info, entry.cache.clone())?;
                 Ok(decoder)
             });
             match started {
@@ -797,167 +852,7 @@ impl PushSrcImpl for BgAudioSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let mut state = self.state();
-        let State::Running(running) = &mut *state else {
-            drop(state);
-            if self.flushing.load(Ordering::SeqCst) {
-                // `negotiate` was interrupted by a flush: nothing to play yet.
-                return Err(gst::FlowError::Flushing);
-            }
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Have no caps yet"));
-            return Err(gst::FlowError::NotNegotiated);
-        };
-        let entry = running.lease.entry().clone();
-        let release_decoder = !running.decoder_released && entry.cache.complete_frames().is_some();
-        running.decoder_released |= release_decoder;
-        let rate = running.info.rate() as u64;
-        let bpf = running.info.bpf() as usize;
-        let (mut frames_per_buffer, sample_offset, timestamp_offset) = (
-            running.frames_per_buffer,
-            running.sample_offset,
-            running.timestamp_offset,
-        );
-        drop(state);
-        if release_decoder {
-            // The file is decoded: its private pipeline and threads are no longer needed.
-            entry.release_decoder();
-        }
-
-        // Let a GstController on `volume` update it for this buffer. (Before the first buffer
-        // of a live run the offset is not known yet; the controller sees the stream from 0.)
-        let _ = self.obj().sync_values(
-            timestamp_offset.unwrap_or(gst::ClockTime::ZERO) + frames_to_time(sample_offset, rate),
-        );
-        let settings = self.playout();
-        let volume = settings.volume;
-
-        let fade_out_pending = self.fade_out_pending.swap(false, Ordering::SeqCst);
-        let mut state = self.state();
-        let State::Running(running) = &mut *state else {
-            return Err(gst::FlowError::Flushing);
-        };
-        let envelope = running.envelope.get_or_insert_with(|| {
-            let fade_in = if settings.mode == BgAudioSrcMode::Mixing {
-                time_to_frames(settings.fade_in, rate)
-            } else {
-                0
-            };
-            Envelope::new(volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
-        });
-        if fade_out_pending {
-            gst::info!(
-                CAT,
-                imp = self,
-                "Fading out over {} from frame {}, then EOS",
-                settings.fade_out,
-                sample_offset
-            );
-            envelope.fade_out(sample_offset, time_to_frames(settings.fade_out, rate));
-        }
-        envelope.set_volume(volume, sample_offset);
-        let envelope = envelope.clone();
-        drop(state);
-
-        if let Some(end) = envelope.end() {
-            if sample_offset >= end {
-                gst::debug!(CAT, imp = self, "Faded out, EOS");
-                return Err(self.end_of_stream());
-            }
-            frames_per_buffer = frames_per_buffer.min((end - sample_offset) as usize);
-        }
-
-        // Live, once running: the decoder gets until the buffer is due (half a buffer after its
-        // start, so it still leaves on time); a source that stalls gives silence instead of a
-        // late buffer.
-        let deadline = timestamp_offset
-            .filter(|_| self.obj().is_live())
-            .and_then(|offset| {
-                let due = offset
-                    + frames_to_time(sample_offset, rate)
-                    + frames_to_time(frames_per_buffer as u64 / 2, rate);
-                self.instant_at(due)
-            });
-
-        let mut reader_guard = self.reader();
-        let reader = reader_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
-        let fill = match gain {
-            Some(g) if g == 1.0 && reader.cache().complete_frames().is_some() => {
-                self.fill_shared(reader, frames_per_buffer, settings.do_loop)?
-            }
-            Some(g) => self.fill_copied(
-                reader,
-                frames_per_buffer,
-                bpf,
-                settings.do_loop,
-                Gain::Constant(g),
-                deadline,
-            )?,
-            None => self.fill_copied(
-                reader,
-                frames_per_buffer,
-                bpf,
-                settings.do_loop,
-                Gain::Envelope(&envelope, sample_offset),
-                deadline,
-            )?,
-        };
-        let position = reader.position();
-        drop(reader_guard);
-        let Fill::Buffer {
-            mut buffer,
-            frames,
-            gap,
-        } = fill
-        else {
-            gst::debug!(CAT, imp = self, "End of file at frame {}, EOS", position);
-            return Err(self.end_of_stream());
-        };
-        // Read the clock only now that the first buffer is filled: the first pass may have
-        // waited for the decoder, and the buffer must not be stamped in the past.
-        let timestamp_offset = match timestamp_offset {
-            Some(offset) => offset,
-            None => self.first_running_time(),
-        };
-        let pts = timestamp_offset + frames_to_time(sample_offset, rate);
-
-        {
-            let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-            let end = sample_offset + frames as u64;
-            buffer.set_pts(pts);
-            buffer.set_duration(timestamp_offset + frames_to_time(end, rate) - pts);
-            buffer.set_offset(sample_offset);
-            buffer.set_offset_end(end);
-            if gap {
-                buffer.set_flags(gst::BufferFlags::GAP | gst::BufferFlags::DROPPABLE);
-            }
-        }
-        if gap {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "Nothing decoded in time for {}: silence",
-                pts
-            );
-        }
-
-        let mut state = self.state();
-        if let State::Running(running) = &mut *state {
-            running.sample_offset = sample_offset + frames as u64;
-            running.timestamp_offset = Some(timestamp_offset);
-        }
-        drop(state);
-
-        if sample_offset == 0 {
-            gst::debug!(CAT, imp = self, "First buffer out");
-            self.startup().take();
-        }
-        if self.obj().is_live() {
-            self.wait_until(pts)?;
-        }
-
-        gst::log!(CAT, imp = self, "Produced {:?}", buffer);
-        Ok(CreateSuccess::NewBuffer(buffer))
+        self.produce().map(CreateSuccess::NewBuffer)
     }
 }
 
@@ -1138,267 +1033,39 @@ impl BgAudioSrc {
         (location, timeout)
     }
 
-    /// Builds a buffer of up to `frames_per_buffer` frames whose memories point into the
-    /// complete cache: nothing is copied. Wraps at the end when looping.
-    fn fill_shared(
-        &self,
-        reader: &mut Reader,
-        frames_per_buffer: usize,
-        do_loop: bool,
-    ) -> Result<Fill, gst::FlowError> {
-        let mut buffer = gst::Buffer::new();
-        let mut frames = 0usize;
-        {
-            let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-            while frames < frames_per_buffer {
-                match reader.share_into(frames_per_buffer - frames, buffer) {
-                    Some(Read::Frames(n)) => frames += n,
-                    Some(Read::PassEnd) if do_loop && reader.next_pass() => {
-                        self.log_loop(reader.position());
-                    }
-                    _ => break,
-                }
-            }
-        }
-        Ok(match frames {
-            0 => Fill::End,
-            frames => Fill::Buffer {
-                buffer,
-                frames,
-                gap: false,
-            },
-        })
-    }
-
-    /// Builds a buffer of up to `frames_per_buffer` frames, applying the volume while copying
-    /// out of the cache. Waits for the decoder during the first pass (or while streaming), until
-    /// `deadline` if there is one; what is not decoded by then is silence.
-    fn fill_copied(
-        &self,
-        reader: &mut Reader,
-        frames_per_buffer: usize,
-        bpf: usize,
-        do_loop: bool,
-        gain: Gain,
-        deadline: Option<Instant>,
-    ) -> Result<Fill, gst::FlowError> {
-        let channels = bpf / 2;
-        // From the buffer pool the base class set up in its allocation query (sized by the
-        // blocksize set in `set_caps`): buffers are reused instead of allocated every 20 ms.
-        let size = frames_per_buffer * bpf;
-        let pooled = self
-            .obj()
-            .buffer_pool()
-            .and_then(|pool| pool.acquire_buffer(None).ok());
-        let mut buffer = match pooled {
-            Some(buffer) => buffer,
-            None => gst::Buffer::with_size(size).map_err(|_| gst::FlowError::Error)?,
-        };
-        let mut frames = 0usize;
-        let mut late = false;
-        {
-            let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-            if buffer.size() != size {
-                if buffer.maxsize() < size {
-                    return Err(gst::FlowError::Error);
-                }
-                buffer.set_size(size);
-            }
-            let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
-            let out = as_samples_mut(map.as_mut_slice()).ok_or(gst::FlowError::Error)?;
-            let mut written = 0usize;
-            while frames < frames_per_buffer {
-                let read = reader.read(
-                    frames_per_buffer - frames,
-                    deadline,
-                    || self.flushing.load(Ordering::SeqCst),
-                    |src| {
-                        let dst = &mut out[written..written + src.len()];
-                        match gain {
-                            Gain::Constant(1.0) => dst.copy_from_slice(src),
-                            Gain::Constant(g) => gain::apply(src, dst, g),
-                            Gain::Envelope(envelope, first) => gain::apply_envelope(
-                                src,
-                                dst,
-                                channels,
-                                first + (written / channels) as u64,
-                                envelope,
-                            ),
-                        }
-                        written += src.len();
-                    },
-                );
-                match read {
-                    Ok(Read::Frames(n)) => frames += n,
-                    Ok(Read::PassEnd) if do_loop && reader.next_pass() => {
-                        self.log_loop(reader.position());
-                    }
-                    Ok(Read::PassEnd) => break,
-                    Ok(Read::NotYet) => {
-                        // Live and the source stalled: the rest of the buffer is silence.
-                        out[written..].fill(0);
-                        late = true;
-                        break;
-                    }
-                    Err(ReadError::Cancelled) => return Err(gst::FlowError::Flushing),
-                    Err(ReadError::Failed(err)) => {
-                        drop(map);
-                        self.post_error_message(err);
-                        return Err(gst::FlowError::Error);
-                    }
-                    Err(ReadError::Ended(why)) => {
-                        if frames == 0 {
-                            gst::element_imp_warning!(self, gst::ResourceError::Seek, ("{}", why));
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        if late {
-            return Ok(Fill::Buffer {
-                buffer,
-                frames: frames_per_buffer,
-                gap: frames == 0,
-            });
-        }
-        if frames == 0 {
-            return Ok(Fill::End);
-        }
-        if frames < frames_per_buffer {
-            if let Some(buffer) = buffer.get_mut() {
-                buffer.set_size(frames * bpf);
-            }
-        }
-        Ok(Fill::Buffer {
-            buffer,
-            frames,
-            gap: false,
-        })
-    }
-
-    /// The running time of frame 0: in a live pipeline, now, so a mixer that is already
-    /// running plays the first buffer at once instead of dropping it as late.
-    fn first_running_time(&self) -> gst::ClockTime {
-        let obj = self.obj();
-        if !obj.is_live() {
-            return gst::ClockTime::ZERO;
-        }
-        let now = obj
-            .clock()
-            .zip(obj.base_time())
-            .and_then(|(clock, base)| clock.time().checked_sub(base))
-            .unwrap_or(gst::ClockTime::ZERO);
-        gst::debug!(CAT, imp = self, "First buffer at running time {}", now);
-        now
-    }
-
-    /// The moment the pipeline clock reaches `running_time`, on the monotonic clock that waits
-    /// for the decoder use.
-    fn instant_at(&self, running_time: gst::ClockTime) -> Option<Instant> {
-        let obj = self.obj();
-        let (clock, base_time) = obj.clock().zip(obj.base_time())?;
-        let wait = (base_time + running_time).saturating_sub(clock.time());
-        Some(Instant::now() + std::time::Duration::from_nanos(wait.nseconds()))
-    }
-
-    /// Waits on the pipeline clock until running time `running_time`, so a live source produces
-    /// in real time. The buffer for `[t, t + duration)` leaves at `t`, a whole buffer ahead of the
-    /// latency it reports. `unlock` cancels the wait.
-    fn wait_until(&self, running_time: gst::ClockTime) -> Result<(), gst::FlowError> {
-        let obj = self.obj();
-        let Some((clock, base_time)) = obj.clock().zip(obj.base_time()) else {
-            return Ok(());
-        };
-        let id = {
-            let mut clock_id = self.clock_id();
-            if self.flushing.load(Ordering::SeqCst) {
-                return Err(gst::FlowError::Flushing);
-            }
-            let id = clock.new_single_shot_id(base_time + running_time);
-            *clock_id = Some(id.clone());
-            id
-        };
-        let (res, jitter) = id.wait();
-        gst::log!(
-            CAT,
-            imp = self,
-            "Waited for {}: {:?}, jitter {}",
-            running_time,
-            res,
-            jitter
-        );
-        self.clock_id().take();
-        match res {
-            Err(gst::ClockError::Unscheduled) => Err(gst::FlowError::Flushing),
-            _ => Ok(()),
-        }
-    }
-
-    fn clock_id(&self) -> MutexGuard<'_, Option<gst::SingleShotClockId>> {
-        self.clock_id.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The `fade-out` action signal: fade out from the next buffer on, then EOS.
-    ///
-    /// Only marks the request: the next `create` starts the fade at its own first frame, so a
-    /// buffer being built while the signal comes is never skipped by the fade.
-    fn start_fade_out(&self) {
-        if matches!(*self.state(), State::Stopped) {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "Fade-out asked for while not running: ignored"
-            );
-            return;
-        }
-        self.fade_out_pending.store(true, Ordering::SeqCst);
-        gst::info!(CAT, imp = self, "Fade-out asked for");
-    }
-
-    /// Lets go of this element's place in its decoded copy at EOS, so that a streaming window
-    /// shared with others, or its own decoder's next pass, does not wait for a reader that will
-    /// never read again. (`start` after a stop makes a new one.)
-    fn end_of_stream(&self) -> gst::FlowError {
-        self.reader().take();
-        gst::FlowError::Eos
-    }
-
-    fn log_loop(&self, position: u64) {
-        gst::debug!(
-            CAT,
-            imp = self,
-            "End of a pass, looping (at frame {})",
-            position
-        );
-    }
-
-    fn playout(&self) -> Playout {
-        let s = self.settings();
-        Playout {
-            volume: s.volume,
-            mode: s.mode,
-            do_loop: s.do_loop,
-            fade_in: s.fade_in,
-            fade_out: s.fade_out,
-        }
-    }
-
-    fn settings(&self) -> MutexGuard<'_, Settings> {
+    pub(super) fn settings(&self) -> MutexGuard<'_, Settings> {
         self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn startup(&self) -> MutexGuard<'_, Option<Startup>> {
+    pub(super) fn startup(&self) -> MutexGuard<'_, Option<Startup>> {
         self.startup.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
+    pub(super) fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The format of the decoded copy behind output `info`: S16 at its rate and channel layout.
+fn copy_format(info: &gst_audio::AudioInfo) -> Result<gst_audio::AudioInfo, glib::BoolError> {
+    let builder =
+        gst_audio::AudioInfo::builder(gst_audio::AUDIO_FORMAT_S16, info.rate(), info.channels())
+            .flags(info.flags());
+    match info.positions() {
+        Some(positions) => builder.positions(positions).build(),
+        None => builder.build(),
+    }
+}
+
+/// Whether a caps structure allows `value` for `field` (a missing field allows anything).
+fn allows(s: &gst::StructureRef, field: &str, value: i32) -> bool {
+    // (gst_value_can_intersect only compares the types: intersect for real.)
+    s.value(field)
+        .map_or(true, |v| v.intersect(&value.to_send_value()).is_some())
 }
 
 /// Whether an installed element reads URIs of `uri`'s protocol.
@@ -1413,30 +1080,6 @@ fn protocol_is_supported(uri: &str) -> bool {
     unsafe {
         gst::ffi::gst_uri_protocol_is_supported(gst::ffi::GST_URI_SRC, protocol.as_ptr()) != 0
     }
-}
-
-/// Running time of frame `frames` at `rate`, rounded down the same way for every buffer.
-fn frames_to_time(frames: u64, rate: u64) -> gst::ClockTime {
-    gst::ClockTime::from_nseconds(
-        frames
-            .mul_div_floor(*gst::ClockTime::SECOND, rate)
-            .unwrap_or(u64::MAX - 1),
-    )
-}
-
-/// Whole frames in `time` at `rate`, rounded to nearest.
-fn time_to_frames(time: gst::ClockTime, rate: u64) -> u64 {
-    time.nseconds()
-        .mul_div_round(rate, *gst::ClockTime::SECOND)
-        .unwrap_or(0)
-}
-
-/// The bytes of a mapped S16 buffer as samples; `None` if the memory is not 2-byte aligned.
-fn as_samples_mut(bytes: &mut [u8]) -> Option<&mut [i16]> {
-    // SAFETY: every bit pattern is a valid i16; align_to_mut only yields a middle part that is
-    // correctly aligned, and we refuse buffers where it is not the whole slice.
-    let (head, samples, tail) = unsafe { bytes.align_to_mut::<i16>() };
-    (head.is_empty() && tail.is_empty()).then_some(samples)
 }
 
 /// Turns the `location` property into a URI for uridecodebin, with the file's identity when it
@@ -1538,24 +1181,5 @@ mod tests {
         assert!(!has_uri_scheme("music.ogg"));
         assert!(!has_uri_scheme("C:\\music.ogg"));
         assert!(!has_uri_scheme("./a:b.ogg"));
-    }
-
-    #[test]
-    fn timestamps_from_the_counter_do_not_drift() {
-        // 44100 Hz cannot be stamped exactly in ns; consecutive stamps must still tile.
-        let rate = 44_100;
-        let mut end_prev = frames_to_time(0, rate);
-        for i in 0..10_000u64 {
-            let (pts, end) = (
-                frames_to_time(i * 882, rate),
-                frames_to_time((i + 1) * 882, rate),
-            );
-            assert_eq!(pts, end_prev);
-            end_prev = end;
-        }
-        assert_eq!(
-            frames_to_time(44_100 * 3600, rate),
-            gst::ClockTime::from_seconds(3600)
-        );
     }
 }

@@ -12,6 +12,7 @@ mod cache;
 mod decoder;
 mod gain;
 mod imp;
+mod playout;
 mod registry;
 mod startup;
 
