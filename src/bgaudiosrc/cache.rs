@@ -214,6 +214,12 @@ impl PcmCache {
         }
     }
 
+    /// Whether the cache is a window over the stream (it streams from the start, or the file
+    /// turned out longer than the limit): what it held is let go, so readers cannot go back.
+    pub fn is_window(&self) -> bool {
+        self.frozen.get().is_none() && self.lock().streaming
+    }
+
     /// Bytes of decoded audio held now.
     pub fn byte_size(&self) -> u64 {
         if let Some(frozen) = self.frozen.get() {
@@ -594,6 +600,20 @@ impl Reader {
         } else {
             self.pass += 1;
         }
+        true
+    }
+
+    /// Moves to frame `frame` of the file: in a complete copy, or in one still filling (a frame
+    /// not decoded yet is waited for, and a frame past the end reads as the end of the pass).
+    /// Returns false, and stays, in a window.
+    pub fn seek(&mut self, frame: u64) -> bool {
+        if self.cache.is_window() {
+            return false;
+        }
+        self.pos = frame;
+        self.pass = 0;
+        // Counts as read: a seek to the end of a looping file goes on into its next pass.
+        self.in_pass = frame;
         true
     }
 

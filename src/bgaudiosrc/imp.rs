@@ -98,6 +98,9 @@ pub(super) struct Starting {
     /// this element is the one to make it.
     decoder: Option<Decoder>,
     native: Option<NativeFormat>,
+    /// A seek that came before the output format (start and stop, stream time): applied when
+    /// the output starts.
+    seek: Option<(gst::ClockTime, Option<gst::ClockTime>)>,
 }
 
 /// From the output format on: playing a decoded copy.
@@ -112,6 +115,8 @@ pub(super) struct Running {
     pub(super) frames_per_buffer: usize,
     /// Frames output so far: every timestamp and offset comes from this counter.
     pub(super) sample_offset: u64,
+    /// The output frame the segment stops at (a seek's stop position).
+    pub(super) stop: Option<u64>,
     /// Gain per output frame: volume ramps and fades. Made at the first buffer.
     pub(super) envelope: Option<Envelope>,
     /// Running time of frame 0: zero in playback mode; in mixing mode the running time at which
@@ -124,7 +129,7 @@ pub(super) struct Running {
 pub(super) enum State {
     #[default]
     Stopped,
-    Starting(Starting),
+    Starting(Box<Starting>),
     Running(Box<Running>),
 }
 
@@ -467,7 +472,7 @@ impl BaseSrcImpl for BgAudioSrc {
         let deadline = settings
             .timeout
             .map(|t| Instant::now() + std::time::Duration::from_nanos(t.nseconds()));
-        *self.state() = State::Starting(Starting {
+        *self.state() = State::Starting(Box::new(Starting {
             source: Source {
                 uri,
                 location,
@@ -477,7 +482,8 @@ impl BaseSrcImpl for BgAudioSrc {
             waiting: None,
             decoder: None,
             native: None,
-        });
+            seek: None,
+        }));
         self.flushing.store(false, Ordering::SeqCst);
         self.fade_out_pending.store(false, Ordering::SeqCst);
         *self.startup() = Some(Startup::new());
@@ -656,6 +662,7 @@ impl BaseSrcImpl for BgAudioSrc {
             _ => return Err(gst::loggable_error!(CAT, "Not started")),
         };
         let source = starting.source.clone();
+        let seek = starting.seek.take();
         let native = starting.native.expect("checked above");
         let probe_decoder = starting.decoder.take();
         starting.waiting = None;
@@ -749,6 +756,7 @@ impl BaseSrcImpl for BgAudioSrc {
         );
 
         let bpf = info.bpf();
+        let rate = info.rate() as u64;
         *self.reader() = Some(reader);
         *self.state() = State::Running(Box::new(Running {
             native,
@@ -757,9 +765,13 @@ impl BaseSrcImpl for BgAudioSrc {
             info,
             frames_per_buffer,
             sample_offset: 0,
+            stop: None,
             envelope: None,
             timestamp_offset: None,
         }));
+        if let Some((start, stop)) = seek {
+            self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)));
+        }
         self.obj()
             .set_blocksize((frames_per_buffer as u32).saturating_mul(bpf));
         Ok(())
@@ -781,44 +793,130 @@ impl BaseSrcImpl for BgAudioSrc {
             q.set(true, latency, gst::ClockTime::NONE);
             return true;
         }
-        if let gst::QueryViewMut::Duration(q) = query.view_mut() {
-            if q.format() == gst::Format::Time {
-                let do_loop = self.settings().do_loop;
-                if do_loop {
+        match query.view_mut() {
+            gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Time => {
+                // None while looping: the stream does not end.
+                if self.settings().do_loop {
                     q.set(gst::ClockTime::NONE);
                     return true;
                 }
-                // What to ask is copied out: the decode chain is queried with no lock held.
-                let (entry, native) = match &*self.state() {
-                    State::Running(running) => {
-                        (Some(running.lease.entry().clone()), Some(running.native))
-                    }
-                    State::Starting(starting) => (None, starting.native),
-                    State::Stopped => (None, None),
-                };
-                let duration = entry
-                    .and_then(|entry| {
-                        let cache = &entry.cache;
-                        cache
-                            .complete_frames()
-                            .and_then(|f| {
-                                f.mul_div_floor(*gst::ClockTime::SECOND, cache.rate() as u64)
-                            })
-                            .map(gst::ClockTime::from_nseconds)
-                            .or_else(|| entry.duration())
-                    })
-                    .or(native.and_then(|n| n.duration));
-                if let Some(duration) = duration {
+                if let Some(duration) = self.file_duration() {
                     q.set(duration);
                     return true;
                 }
             }
+            // The position in the file's stream, from the sample counter, in both modes (in
+            // mixing mode the base class would answer the running time).
+            gst::QueryViewMut::Position(q) => {
+                let position = match &*self.state() {
+                    State::Running(running) => running.info.convert_generic(
+                        gst::format::Default::from_u64(running.sample_offset),
+                        q.format(),
+                    ),
+                    _ => None,
+                };
+                if let Some(position) = position {
+                    q.set(position);
+                    return true;
+                }
+            }
+            gst::QueryViewMut::Convert(q) => {
+                let (src, dest) = q.get();
+                let info = match &*self.state() {
+                    State::Running(running) => Some(running.info.clone()),
+                    _ => None,
+                };
+                if let Some(converted) = info.and_then(|info| info.convert_generic(src, dest)) {
+                    q.set(src, converted);
+                    return true;
+                }
+            }
+            gst::QueryViewMut::Seeking(q)
+                if matches!(q.format(), gst::Format::Time | gst::Format::Default) =>
+            {
+                let format = q.format();
+                let seekable = self.is_seekable();
+                let end = if self.settings().do_loop {
+                    None
+                } else {
+                    self.file_duration()
+                };
+                let info = match &*self.state() {
+                    State::Running(running) => Some(running.info.clone()),
+                    _ => None,
+                };
+                let end = match format {
+                    gst::Format::Time => end.map(gst::GenericFormattedValue::from),
+                    _ => end
+                        .zip(info)
+                        .and_then(|(end, info)| info.convert_generic(end, format)),
+                };
+                q.set(
+                    seekable,
+                    gst::GenericFormattedValue::new(format, 0),
+                    end.unwrap_or_else(|| gst::GenericFormattedValue::new(format, -1)),
+                );
+                return true;
+            }
+            _ => (),
         }
         BaseSrcImplExt::parent_query(self, query)
     }
 
+    /// In playback mode, sample-accurately anywhere in the decoded copy (or in the part the
+    /// first pass has not reached yet); not in a window over a stream too long to keep, and not
+    /// in mixing mode (live sources do not seek).
     fn is_seekable(&self) -> bool {
-        false
+        if self.settings().mode == BgAudioSrcMode::Mixing {
+            return false;
+        }
+        match &*self.state() {
+            State::Running(running) => !running.lease.entry().cache.is_window(),
+            _ => true,
+        }
+    }
+
+    /// A seek in TIME (GstBaseSrc converts DEFAULT and BYTES through the CONVERT query): the
+    /// next buffer starts at the segment's start, its timestamps and stream time from there, as
+    /// audiotestsrc does; a stop position ends the segment on that exact frame (EOS, or
+    /// SEGMENT_DONE for a SEGMENT seek). With `loop=true` a position past the end wraps into the
+    /// file. A seek after EOS plays again.
+    fn do_seek(&self, segment: &mut gst::Segment) -> bool {
+        let Some(segment) = segment.downcast_mut::<gst::format::Time>() else {
+            return false;
+        };
+        let start = segment
+            .position()
+            .or(segment.start())
+            .unwrap_or(gst::ClockTime::ZERO);
+        let stop = segment.stop();
+        let live = self.settings().mode == BgAudioSrcMode::Mixing;
+        if segment.rate() < 0.0 || (live && (start > gst::ClockTime::ZERO || stop.is_some())) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Refusing seek to {} (rate {})",
+                start,
+                segment.rate()
+            );
+            return false;
+        }
+        // Stream time is the position in the file's stream.
+        segment.set_time(start);
+        if live {
+            // The start-up seek GstBaseSrc always makes: nothing to do.
+            return true;
+        }
+        let rate = match &mut *self.state() {
+            State::Stopped => return true,
+            State::Starting(starting) => {
+                starting.seek = Some((start, stop));
+                return true;
+            }
+            State::Running(running) => running.info.rate() as u64,
+        };
+        gst::debug!(CAT, imp = self, "Seek to {} (stop {:?})", start, stop);
+        self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)))
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
@@ -995,6 +1093,66 @@ impl BgAudioSrc {
         gst_audio::AudioInfo::from_caps(&caps.build()).ok()
     }
 
+    /// The file's duration: exact once the copy is complete, else what the decode chain or the
+    /// probe said.
+    fn file_duration(&self) -> Option<gst::ClockTime> {
+        // What to ask is copied out: the decode chain is queried with no lock held.
+        let (entry, native) = match &*self.state() {
+            State::Running(running) => (Some(running.lease.entry().clone()), Some(running.native)),
+            State::Starting(starting) => (None, starting.native),
+            State::Stopped => (None, None),
+        };
+        entry
+            .and_then(|entry| {
+                let cache = &entry.cache;
+                cache
+                    .complete_frames()
+                    .and_then(|f| f.mul_div_floor(*gst::ClockTime::SECOND, cache.rate() as u64))
+                    .map(gst::ClockTime::from_nseconds)
+                    .or_else(|| entry.duration())
+            })
+            .or(native.and_then(|n| n.duration))
+    }
+
+    /// Moves playout to output frame `frame` (its timestamps follow from it) and the reader to
+    /// the same frame of the file, wrapped into it when looping; the segment ends at `stop`. A
+    /// reader let go at EOS is made again, so a seek after EOS plays again.
+    fn seek_to(&self, frame: u64, stop: Option<u64>) -> bool {
+        let do_loop = self.settings().do_loop;
+        let cache = match &*self.state() {
+            State::Running(running) => running.lease.entry().cache.clone(),
+            _ => return false,
+        };
+        let in_file = match cache.complete_frames() {
+            Some(length) if do_loop && length > 0 => frame % length,
+            _ => frame,
+        };
+        let mut reader = self.reader();
+        if reader.is_none() {
+            *reader = cache.reader();
+        }
+        if !reader.as_mut().is_some_and(|r| r.seek(in_file)) {
+            gst::debug!(CAT, imp = self, "Cannot seek in a window over the stream");
+            return false;
+        }
+        drop(reader);
+        if let State::Running(running) = &mut *self.state() {
+            running.sample_offset = frame;
+            running.stop = stop;
+            // Made again at the next buffer, at the volume then (no fade-in in playback).
+            running.envelope = None;
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Playing from frame {} (frame {} of the file) to {:?}",
+            frame,
+            in_file,
+            stop
+        );
+        true
+    }
+
     /// Waits for this element's start-up turn (see `startup`), unless it is running already.
     fn take_turn(&self) -> Result<(), WaitError> {
         if !matches!(*self.state(), State::Starting(_)) {
@@ -1048,6 +1206,14 @@ impl BgAudioSrc {
     pub(super) fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The frame at `time` (where a seek lands), rounded to nearest: a seek in samples reaches
+/// the element as a time rounded to the nanosecond, which must come back to the same sample.
+fn seek_frame(time: gst::ClockTime, rate: u64) -> u64 {
+    time.nseconds()
+        .mul_div_round(rate, *gst::ClockTime::SECOND)
+        .unwrap_or(u64::MAX)
 }
 
 /// The format of the decoded copy behind output `info`: S16 at its rate and channel layout.

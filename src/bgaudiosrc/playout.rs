@@ -69,9 +69,10 @@ impl BgAudioSrc {
         running.decoder_released |= release_decoder;
         let rate = running.info.rate() as u64;
         let output = Output::of(&running.info);
-        let (mut frames_per_buffer, sample_offset, timestamp_offset) = (
+        let (mut frames_per_buffer, sample_offset, stop, timestamp_offset) = (
             running.frames_per_buffer,
             running.sample_offset,
+            running.stop,
             running.timestamp_offset,
         );
         drop(state);
@@ -115,6 +116,15 @@ impl BgAudioSrc {
         let envelope = envelope.clone();
         drop(state);
 
+        if let Some(stop) = stop {
+            if sample_offset >= stop {
+                // The end of a seek's segment: EOS, or SEGMENT_DONE for a SEGMENT seek (the base
+                // class tells them apart). The reader stays for the next seek.
+                gst::debug!(CAT, imp = self, "Segment stop at frame {}", stop);
+                return Err(gst::FlowError::Eos);
+            }
+            frames_per_buffer = frames_per_buffer.min((stop - sample_offset) as usize);
+        }
         if let Some(end) = envelope.end() {
             if sample_offset >= end {
                 gst::debug!(CAT, imp = self, "Faded out, EOS");
