@@ -152,6 +152,8 @@ pub struct PcmCache {
     filling: Mutex<Filling>,
     cond: Condvar,
     frozen: OnceLock<Frozen>,
+    /// The stream's tags as the decoder found them, and how often they changed.
+    tags: Mutex<(u64, Option<gst::TagList>)>,
 }
 
 impl PcmCache {
@@ -166,6 +168,7 @@ impl PcmCache {
             filling: Mutex::new(Filling::default()),
             cond: Condvar::new(),
             frozen: OnceLock::new(),
+            tags: Mutex::new((0, None)),
         }
     }
 
@@ -211,6 +214,25 @@ impl PcmCache {
         match &self.lock().status {
             Status::Failed(err) => Some(err.clone()),
             Status::Filling => None,
+        }
+    }
+
+    /// Adds tags the decoder found (later values replace earlier ones).
+    pub fn merge_tags(&self, tags: &gst::TagList) {
+        let mut held = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        let merged = match &held.1 {
+            Some(old) => old.merge(tags, gst::TagMergeMode::Replace),
+            None => tags.clone(),
+        };
+        *held = (held.0 + 1, Some(merged));
+    }
+
+    /// The tags, if they changed since `generation` (0 before any), with the new generation.
+    pub fn tags_since(&self, generation: u64) -> Option<(u64, gst::TagList)> {
+        let held = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        match &held.1 {
+            Some(tags) if held.0 != generation => Some((held.0, tags.clone())),
+            _ => None,
         }
     }
 

@@ -73,6 +73,8 @@ struct Probe {
     abandoned: bool,
     /// The source is live: it cannot seek.
     live: bool,
+    /// Tags found before the output started; they go to the cache then.
+    tags: Option<gst::TagList>,
 }
 
 /// What the private pipeline's callbacks share with the `Decoder`, and with every element
@@ -159,6 +161,24 @@ impl Shared {
         }
         drop(probe);
         self.cond.notify_all();
+    }
+
+    /// Tags from the decoded stream: into the cache, or kept until there is one.
+    fn on_tags(&self, tags: &gst::TagList) {
+        let mut probe = self.lock();
+        match &probe.cache {
+            Some(cache) => {
+                let cache = cache.clone();
+                drop(probe);
+                cache.merge_tags(tags);
+            }
+            None => {
+                probe.tags = Some(match probe.tags.take() {
+                    Some(old) => old.merge(tags, gst::TagMergeMode::Replace),
+                    None => tags.clone(),
+                });
+            }
+        }
     }
 
     fn on_error(&self, err: gst::ErrorMessage) {
@@ -518,6 +538,19 @@ impl Decoder {
             )
             .ok_or_else(|| glib::bool_error!("cannot block the decode chain"))?;
 
+        // The stream's tags (title, artist, …), for the elements to send downstream.
+        let weak_shared: Weak<Shared> = Arc::downgrade(shared);
+        convert_sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if let (Some(gst::PadProbeData::Event(event)), Some(shared)) =
+                (&info.data, weak_shared.upgrade())
+            {
+                if let gst::EventView::Tag(tag) = event.view() {
+                    shared.on_tags(&tag.tag_owned());
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+
         let weak_shared: Weak<Shared> = Arc::downgrade(shared);
         let convert_sink_weak = convert_sink.downgrade();
         source.connect_pad_added(move |_, pad| {
@@ -642,8 +675,11 @@ impl Decoder {
 
         let mut probe = self.shared.lock();
         probe.cache = Some(cache.clone());
-        let (eos, error) = (probe.eos, probe.error.clone());
+        let (eos, error, tags) = (probe.eos, probe.error.clone(), probe.tags.take());
         drop(probe);
+        if let Some(tags) = tags {
+            cache.merge_tags(&tags);
+        }
         if let Some(err) = error {
             cache.fail(err);
         } else if eos {

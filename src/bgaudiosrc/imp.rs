@@ -117,6 +117,8 @@ pub(super) struct Running {
     pub(super) sample_offset: u64,
     /// The output frame the segment stops at (a seek's stop position).
     pub(super) stop: Option<u64>,
+    /// The generation of the copy's tags last sent downstream (0: none yet).
+    pub(super) tags_sent: u64,
     /// Gain per output frame: volume ramps and fades. Made at the first buffer.
     pub(super) envelope: Option<Envelope>,
     /// Running time of frame 0: zero in playback mode; in mixing mode the running time at which
@@ -766,6 +768,7 @@ impl BaseSrcImpl for BgAudioSrc {
             frames_per_buffer,
             sample_offset: 0,
             stop: None,
+            tags_sent: 0,
             envelope: None,
             timestamp_offset: None,
         }));

@@ -75,7 +75,23 @@ impl BgAudioSrc {
             running.stop,
             running.timestamp_offset,
         );
+        // The file's tags, once the first buffer (and with it the segment) has gone, and again
+        // if the decoder finds more. Sticky: a flushing seek keeps them downstream.
+        let tags = match running.timestamp_offset {
+            Some(_) => entry
+                .cache
+                .tags_since(running.tags_sent)
+                .map(|(generation, tags)| {
+                    running.tags_sent = generation;
+                    tags
+                }),
+            None => None,
+        };
         drop(state);
+        if let Some(tags) = tags {
+            gst::debug!(CAT, imp = self, "Tags {}", tags);
+            self.obj().src_pad().push_event(gst::event::Tag::new(tags));
+        }
         if release_decoder {
             // The file is decoded: its private pipeline and threads are no longer needed.
             entry.release_decoder();
