@@ -154,6 +154,8 @@ pub struct PcmCache {
     frozen: OnceLock<Frozen>,
     /// The stream's tags as the decoder found them, and how often they changed.
     tags: Mutex<(u64, Option<gst::TagList>)>,
+    /// What the copy is of, for log lines (a copy is shared: no one element logs for it).
+    label: OnceLock<gst::glib::GString>,
 }
 
 impl PcmCache {
@@ -169,6 +171,7 @@ impl PcmCache {
             cond: Condvar::new(),
             frozen: OnceLock::new(),
             tags: Mutex::new((0, None)),
+            label: OnceLock::new(),
         }
     }
 
@@ -181,6 +184,22 @@ impl PcmCache {
         };
         cache.lock().streaming = true;
         cache
+    }
+
+    /// Names the copy in log lines: what it is a copy of.
+    pub fn set_label(&self, label: &str) {
+        let _ = self.label.set(label.into());
+    }
+
+    fn label(&self) -> &gst::glib::GStr {
+        self.label
+            .get()
+            .map_or(gst::glib::gstr!("decoded copy"), |l| l.as_gstr())
+    }
+
+    /// The label, for log lines of the modules that hold the copy.
+    pub fn label_for_logs(&self) -> &gst::glib::GStr {
+        self.label()
     }
 
     pub fn rate(&self) -> u32 {
@@ -388,6 +407,7 @@ impl PcmCache {
                 filling.streaming = true;
                 gst::info!(
                     CAT,
+                    id = self.label(),
                     "Decoded audio reached max-cache-size ({} bytes) at frame {}: streaming \
                      through a window from now on",
                     self.limit,
@@ -418,7 +438,12 @@ impl PcmCache {
                 filling.pass_ends.push_back(frames);
             }
             filling.last_pass_end = frames;
-            gst::debug!(CAT, "End of a pass at stream frame {}", frames);
+            gst::debug!(
+                CAT,
+                id = self.label(),
+                "End of a pass at stream frame {}",
+                frames
+            );
             if !another && filling.ended.is_none() {
                 // A pass with no audio: another one would be as empty.
                 filling.ended = Some("the stream holds no more audio".to_owned());
@@ -438,6 +463,7 @@ impl PcmCache {
         drop(filling);
         gst::info!(
             CAT,
+            id = self.label(),
             "Cache complete: {} frames at {} Hz, {} channels, {} bytes",
             frames,
             self.rate,
@@ -689,6 +715,7 @@ impl Reader {
                 // that holds it.
                 gst::warning!(
                     CAT,
+                    id = cache.label(),
                     "A reader fell {} frames behind a full window: skipping ahead",
                     held_from - self.pos
                 );

@@ -468,7 +468,10 @@ impl Decoder {
         shared: &Arc<Shared>,
         output: Option<&gst_audio::AudioInfo>,
     ) -> Result<Decoder, glib::BoolError> {
-        let pipeline = gst::Pipeline::builder().name("bgaudiosrc-decoder").build();
+        // Named after what it decodes, so its log lines (and its elements') say which file.
+        let pipeline = gst::Pipeline::builder()
+            .name(format!("bgaudiosrc-decoder:{}", shared.location))
+            .build();
         let (input, source) = match file {
             Some(path) => {
                 let filesrc = gst::ElementFactory::make("filesrc")
@@ -622,7 +625,13 @@ impl Decoder {
             match msg.view() {
                 gst::MessageView::Error(e) => {
                     let translated = shared.translate(&e.error(), e.debug().as_deref());
-                    gst::debug!(CAT, "decoder error {:?} -> {:?}", e, translated);
+                    gst::debug!(
+                        CAT,
+                        id = gst::glib::GString::from(shared.location.as_str()),
+                        "Decoder error {:?} -> {:?}",
+                        e,
+                        translated
+                    );
                     shared.on_error(translated);
                 }
                 gst::MessageView::Element(e) => {

@@ -716,11 +716,20 @@ impl BaseSrcImpl for BgAudioSrc {
                     .map_or(0, |m| *m),
             });
         let (lease, reader, new) = registry::obtain(key, || {
-            if streaming {
+            let cache = if streaming {
                 PcmCache::streaming(info.rate(), info.channels(), max_cache_size)
             } else {
                 PcmCache::new(info.rate(), info.channels(), max_cache_size)
-            }
+            };
+            cache.set_label(&format!(
+                "{} of '{}' at {} Hz, {} channels (made by {})",
+                if streaming { "window" } else { "copy" },
+                source.location,
+                info.rate(),
+                info.channels(),
+                self.obj().name()
+            ));
+            cache
         });
         if new {
             // Outside every lock: a decode chain of our own (the one that probed, or a new one

@@ -423,6 +423,13 @@ impl BgAudioSrc {
     /// Waits on the pipeline clock until running time `running_time`, so a live source produces
     /// in real time. The buffer for `[t, t + duration)` leaves at `t`, a whole buffer ahead of the
     /// latency it reports. `unlock` cancels the wait.
+    ///
+    /// Why not GstBaseSrc's own wait (a live source's `times()`): its wait comes after `create`,
+    /// but this element's `create` needs the clock itself, to give the decoder until the buffer
+    /// is due and play silence (GAP) instead of a late buffer when a network source stalls. One
+    /// clock wait in one place keeps the two consistent. Likewise `do-timestamp` is not used:
+    /// every timestamp comes from the sample counter, so they tile without drift. Seeking does go
+    /// through GstBaseSrc (`do_seek`, with its segment and SEGMENT_DONE handling).
     fn wait_until(&self, running_time: gst::ClockTime) -> Result<(), gst::FlowError> {
         let obj = self.obj();
         let Some((clock, base_time)) = obj.clock().zip(obj.base_time()) else {

@@ -76,7 +76,11 @@ impl Entry {
         }
         let decoder = self.decoder().take();
         if decoder.is_some() {
-            gst::debug!(CAT, "Cache complete, shutting its decoder down");
+            gst::debug!(
+                CAT,
+                id = self.cache.label_for_logs(),
+                "Complete: shutting its decoder down"
+            );
         }
         drop(decoder);
     }
@@ -155,7 +159,11 @@ impl Registry {
             };
             if let Some(slot) = self.slots.remove(&key) {
                 retained -= slot.entry.cache.byte_size();
-                gst::debug!(CAT, "Dropping the retained copy of {:?}", key.file.path);
+                gst::debug!(
+                    CAT,
+                    id = slot.entry.cache.label_for_logs(),
+                    "Dropping the retained copy"
+                );
                 out.push(slot.entry);
             }
         }
@@ -216,7 +224,6 @@ pub fn obtain(key: Option<CacheKey>, make: impl FnOnce() -> PcmCache) -> (Lease,
             slot.used = now;
             let entry = slot.entry.clone();
             drop(reg);
-            gst::debug!(CAT, "Sharing the decoded copy of {:?}", key.file.path);
             return (Lease { entry }, reader, false);
         }
     }
@@ -273,11 +280,19 @@ fn release(entry: &Arc<Entry>) {
     let complete = slot.entry.cache.complete_frames().is_some();
     if complete && current && slot.entry.cache.byte_size() <= budget {
         slot.used = now;
-        gst::debug!(CAT, "Retaining the decoded copy of {:?}", key.file.path);
+        gst::debug!(
+            CAT,
+            id = entry.cache.label_for_logs(),
+            "Retaining the copy (its last user stopped)"
+        );
         reg.evict(budget, &mut dropped);
     } else {
         dropped.extend(reg.slots.remove(key).map(|s| s.entry));
-        gst::debug!(CAT, "Released the decoded copy of {:?}", key.file.path);
+        gst::debug!(
+            CAT,
+            id = entry.cache.label_for_logs(),
+            "Released the copy (its last user stopped)"
+        );
     }
     drop(reg);
     // A copy completed while its last user stopped may still have its decode chain.
