@@ -335,3 +335,54 @@ fn a_running_element_refuses_what_it_was_started_with() {
         Some(gstbgaudio::BgAudioSrcMode::Mixing)
     );
 }
+
+#[test]
+fn a_stream_that_switches_to_unpositioned_channels_plays_on() {
+    init();
+    // A chained Ogg: 1 s of stereo at 44.1 kHz, then 1 s of 20 channels without positions at
+    // 48 kHz (what a damaged AAC can turn into half-way).
+    let dir = fixture_dir("formats");
+    let stereo = dir.join("chain-stereo.ogg");
+    make_sine(&stereo, 44_100, 2, 440.0, 44_000, "vorbisenc ! oggmux");
+    let wide = dir.join("chain-20.ogg");
+    if !wide.exists() {
+        let tmp = wide.with_extension("part");
+        run(&format!(
+            "audiotestsrc wave=sine freq=440 volume=0.8 samplesperbuffer=1000 num-buffers=48 \
+             ! audio/x-raw,format=F32LE,rate=48000,channels=20,channel-mask=(bitmask)0 \
+             ! vorbisenc ! oggmux ! filesink location=\"{}\"",
+            tmp.display()
+        ));
+        std::fs::rename(&tmp, &wide).unwrap();
+    }
+    let chained = dir.join("chained.ogg");
+    let mut bytes = std::fs::read(&stereo).unwrap();
+    bytes.extend(std::fs::read(&wide).unwrap());
+    std::fs::write(&chained, bytes).unwrap();
+
+    let out = collect(
+        &format!(
+            "bgaudiosrc location=\"{}\" ! {} ! appsink name=sink",
+            chained.display(),
+            s16("")
+        ),
+        None,
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.eos);
+    assert_eq!(
+        (out.rate(), out.channels()),
+        (44_100, 2),
+        "the file's first format"
+    );
+    // Both parts play: about 2 s, and the second second is the sine, not silence.
+    let frames = out.samples.len() / 2;
+    assert!((86_000..90_000).contains(&frames), "{frames} frames");
+    let second: Vec<i16> = out.samples[50_000 * 2..85_000 * 2]
+        .iter()
+        .step_by(2)
+        .copied()
+        .collect();
+    let peak = second.iter().map(|s| s.unsigned_abs()).max().unwrap();
+    assert!(peak > 20_000, "peak {peak}");
+}

@@ -370,6 +370,61 @@ fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
 }
 
 /// The running decode chain for one file. Dropping it shuts the private pipeline down.
+/// Channels without positions (more than two, no channel mask) cannot be converted to a
+/// positioned output by audioconvert, and a stream may switch to them half-way (a damaged AAC
+/// that turns into 20 channels, a chained Ogg): map its first channels onto the output's through
+/// audioconvert's mix matrix (the rest are left out), as the output is already running in its
+/// format. `mapping` says whether a matrix is set; returns whether one is now.
+fn map_unpositioned(
+    convert: &gst::Element,
+    filter: &gst::Element,
+    caps: &gst::CapsRef,
+    mapping: bool,
+    location: &str,
+) -> bool {
+    let Some(s) = caps.structure(0) else {
+        return mapping;
+    };
+    let channels = s.get::<i32>("channels").unwrap_or(1).max(1) as usize;
+    let unpositioned = channels > 2
+        && match s.get::<gst::Bitmask>("channel-mask") {
+            Ok(mask) => *mask == 0,
+            Err(_) => channels > 8,
+        };
+    let output = filter
+        .property::<Option<gst::Caps>>("caps")
+        .and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("channels").ok()))
+        .map(|c| c.max(1) as usize);
+    let matrix: Vec<Vec<f32>> = match output {
+        Some(out) if unpositioned => (0..out)
+            .map(|o| {
+                (0..channels)
+                    .map(|i| if i == o { 1.0 } else { 0.0 })
+                    .collect()
+            })
+            .collect(),
+        _ if mapping => Vec::new(),
+        _ => return false,
+    };
+    if !matrix.is_empty() {
+        gst::warning!(
+            CAT,
+            obj = convert,
+            "'{}' changed to {} channels without positions: playing its first {} as the output's",
+            location,
+            channels,
+            matrix.len()
+        );
+    }
+    let value = gst::Array::new(
+        matrix
+            .iter()
+            .map(|row| gst::Array::new(row.iter().map(|v| v.to_send_value())).to_send_value()),
+    );
+    convert.set_property("mix-matrix", value);
+    !matrix.is_empty()
+}
+
 #[derive(Debug)]
 pub struct Decoder {
     pipeline: gst::Pipeline,
@@ -541,15 +596,39 @@ impl Decoder {
             )
             .ok_or_else(|| glib::bool_error!("cannot block the decode chain"))?;
 
-        // The stream's tags (title, artist, …), for the elements to send downstream.
+        // The stream's tags (title, artist, …), for the elements to send downstream; and a
+        // format change half-way to channels without positions, which audioconvert cannot map
+        // on its own.
         let weak_shared: Weak<Shared> = Arc::downgrade(shared);
+        let (weak_convert, weak_filter) = (convert.downgrade(), capsfilter.downgrade());
+        let mapping = std::sync::atomic::AtomicBool::new(false);
         convert_sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            if let (Some(gst::PadProbeData::Event(event)), Some(shared)) =
-                (&info.data, weak_shared.upgrade())
-            {
-                if let gst::EventView::Tag(tag) = event.view() {
-                    shared.on_tags(&tag.tag_owned());
+            let Some(gst::PadProbeData::Event(event)) = &info.data else {
+                return gst::PadProbeReturn::Ok;
+            };
+            match event.view() {
+                gst::EventView::Tag(tag) => {
+                    if let Some(shared) = weak_shared.upgrade() {
+                        shared.on_tags(&tag.tag_owned());
+                    }
                 }
+                gst::EventView::Caps(caps) => {
+                    if let (Some(convert), Some(filter), Some(shared)) = (
+                        weak_convert.upgrade(),
+                        weak_filter.upgrade(),
+                        weak_shared.upgrade(),
+                    ) {
+                        let mapped = map_unpositioned(
+                            &convert,
+                            &filter,
+                            caps.caps(),
+                            mapping.load(std::sync::atomic::Ordering::SeqCst),
+                            &shared.location,
+                        );
+                        mapping.store(mapped, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                _ => (),
             }
             gst::PadProbeReturn::Ok
         });
