@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 #
-# make test      install missing Debian packages, then run all tests
+# make test      install missing Debian packages, then run all tests and the README's examples
 # make demo      install missing Debian packages, then play (or render) the demo
 # make install   install missing Debian packages, build in release mode and install the plugin
 #                where GStreamer finds it with no GST_PLUGIN_PATH (PREFIX and DESTDIR as usual)
@@ -34,8 +34,10 @@ deps:
 build:
 	$(CARGO) build $(CARGO_FLAGS)
 
+# `cargo test`, then the README's examples headless (the Python ones where python3-gi is
+# installed); ends with a one-line summary of what ran and passed (scripts/test.sh).
 test: deps
-	$(CARGO) test $(CARGO_FLAGS)
+	CARGO="$(CARGO)" CARGO_FLAGS="$(CARGO_FLAGS)" TARGET_DIR="$(TARGET_DIR)" bash scripts/test.sh
 
 demo: deps
 	$(CARGO) run $(CARGO_FLAGS) --release --example demo

@@ -154,6 +154,9 @@ pub struct PcmCache {
     frozen: OnceLock<Frozen>,
     /// The stream's tags as the decoder found them, and how often they changed.
     tags: Mutex<(u64, Option<gst::TagList>)>,
+    /// The loop bounds found for each trim threshold asked for (see `Shape`): the file is
+    /// scanned once per threshold, not once per element.
+    bounds: Mutex<Vec<((i16, u64), (u64, u64))>>,
     /// What the copy is of, for log lines (a copy is shared: no one element logs for it).
     label: OnceLock<gst::glib::GString>,
 }
@@ -171,6 +174,7 @@ impl PcmCache {
             cond: Condvar::new(),
             frozen: OnceLock::new(),
             tags: Mutex::new((0, None)),
+            bounds: Mutex::new(Vec::new()),
             label: OnceLock::new(),
         }
     }
@@ -537,6 +541,9 @@ impl PcmCache {
             pos: 0,
             pass: 0,
             in_pass: 0,
+            shape: Shape::default(),
+            seam: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -569,6 +576,68 @@ impl PcmCache {
             0 => Read::PassEnd,
             n => Read::Frames(n),
         }
+    }
+
+    /// The frames a pass plays, `head..tail`, when leading and trailing frames whose samples are
+    /// all at most `threshold` are left out, at most `max_trim` at each end. A copy that is
+    /// silent throughout keeps all its frames.
+    fn bounds(&self, frozen: &Frozen, threshold: i16, max_trim: u64) -> (u64, u64) {
+        let key = (threshold, max_trim);
+        let mut known = self.bounds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, bounds)) = known.iter().find(|(k, _)| *k == key) {
+            return *bounds;
+        }
+        let frames = frozen.frames;
+        let loud = |frame: u64| {
+            let chunk = &frozen.chunks[(frame / self.chunk_frames as u64) as usize];
+            let at = (frame % self.chunk_frames as u64) as usize * self.channels;
+            chunk.samples[at..at + self.channels]
+                .iter()
+                .any(|s| s.unsigned_abs() > threshold.unsigned_abs())
+        };
+        let first = (0..frames.min(max_trim)).find(|f| loud(*f));
+        let last = (frames.saturating_sub(max_trim)..frames).rev().find(|f| loud(*f));
+        let bounds = match (first, last) {
+            _ if !(0..frames).any(loud) => (0, frames),
+            (head, tail) => (
+                head.unwrap_or(max_trim.min(frames)),
+                tail.map_or(frames.saturating_sub(max_trim), |t| t + 1),
+            ),
+        };
+        let bounds = if bounds.1 > bounds.0 {
+            bounds
+        } else {
+            (0, frames)
+        };
+        known.push((key, bounds));
+        bounds
+    }
+
+    /// The first frame of `from..to` (decoded, in a copy still filling) with a sample above
+    /// `threshold`.
+    fn first_loud_filling(&self, filling: &Filling, threshold: i16, to: u64) -> Option<u64> {
+        let mut frame = None;
+        let mut seen = 0u64;
+        self.read_chunks(
+            filling.chunks.iter(),
+            &filling.tail,
+            filling.first_chunk,
+            to,
+            0,
+            to as usize,
+            &mut |samples: &[i16]| {
+                if frame.is_none() {
+                    if let Some(i) = samples
+                        .iter()
+                        .position(|s| s.unsigned_abs() > threshold.unsigned_abs())
+                    {
+                        frame = Some(seen + (i / self.channels) as u64);
+                    }
+                }
+                seen += (samples.len() / self.channels) as u64;
+            },
+        );
+        frame
     }
 
     /// Visits up to `max_frames` frames from stream frame `pos`, which must be held, and below
@@ -622,9 +691,53 @@ pub struct Reader {
     pass: u64,
     /// Frames read since the start of this pass.
     in_pass: u64,
+    shape: Shape,
+    /// In a crossfade at a seam: how many of its frames were read.
+    seam: Option<u64>,
+    /// The mixed frames of a seam.
+    scratch: Vec<i16>,
+}
+
+/// How a reader plays the passes of a copy that is kept whole (a window over a stream plays
+/// the stream as it is):
+/// - `trim`: leading and trailing frames whose samples are all at most this level are left out
+///   of every pass, at most `max_trim` frames at each end. While the copy is still filling, the
+///   reader stays `max_trim` frames behind the decoder, so it never plays what it would trim.
+/// - `crossfade`: with `looping`, each seam overlaps the last `crossfade` frames of the pass
+///   with its first ones (equal-power), at most half the pass; the loop period is the pass's
+///   length less the crossfade. The reader stays that far behind a filling decoder too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub trim: Option<i16>,
+    pub max_trim: u64,
+    pub crossfade: u64,
+    pub looping: bool,
+}
+
+impl Shape {
+    /// How far behind a filling decoder the reader stays.
+    fn lookahead(&self) -> u64 {
+        let trim = if self.trim.is_some() { self.max_trim } else { 0 };
+        let crossfade = if self.looping { self.crossfade } else { 0 };
+        trim + crossfade
+    }
+
+    /// Nothing to shape: buffers can share the copy's memory.
+    pub fn is_plain(&self) -> bool {
+        self.trim.is_none() && (self.crossfade == 0 || !self.looping)
+    }
 }
 
 impl Reader {
+    /// Sets how the passes are played (see `Shape`); takes effect at once.
+    pub fn set_shape(&mut self, shape: Shape) {
+        self.shape = shape;
+    }
+
+    /// Whether the next frames can be shared without a copy: nothing to shape, no seam.
+    pub fn can_share(&self) -> bool {
+        self.shape.is_plain() && self.seam.is_none()
+    }
     pub fn cache(&self) -> &Arc<PcmCache> {
         &self.cache
     }
@@ -644,7 +757,13 @@ impl Reader {
         }
         self.in_pass = 0;
         if self.cache.frozen.get().is_some() {
-            self.pos = 0;
+            if self.shape.looping && self.shape.crossfade > 0 {
+                // The seam: the end of this pass mixed into the start of the next one.
+                self.seam = Some(0);
+            } else {
+                // (Moved past a trimmed head by the next read.)
+                self.pos = 0;
+            }
         } else {
             self.pass += 1;
         }
@@ -660,6 +779,7 @@ impl Reader {
         }
         self.pos = frame;
         self.pass = 0;
+        self.seam = None;
         // Counts as read: a seek to the end of a looping file goes on into its next pass.
         self.in_pass = frame;
         true
@@ -677,15 +797,11 @@ impl Reader {
         cancelled: impl Fn() -> bool,
         mut visit: impl FnMut(&[i16]),
     ) -> Result<Read, ReadError> {
-        let cache = &*self.cache;
+        let cache = self.cache.clone();
         if let Some(frozen) = cache.frozen.get() {
-            let read = cache.read_frozen(frozen, self.pos, max_frames, &mut visit);
-            if let Read::Frames(n) = read {
-                self.pos += n as u64;
-                self.in_pass += n as u64;
-            }
-            return Ok(read);
+            return Ok(self.read_shaped(frozen, max_frames, &mut visit));
         }
+        let cache = &*cache;
         let id = self.id.unwrap_or(usize::MAX);
         let mut filling = cache.lock();
         loop {
@@ -729,7 +845,19 @@ impl Reader {
                 self.in_pass = 1;
                 continue;
             }
-            let end = pass_end.unwrap_or(filling.frames);
+            let mut end = pass_end.unwrap_or(filling.frames);
+            if !filling.streaming {
+                // Not past what a trim or a seam may still take from the end.
+                end = end.saturating_sub(self.shape.lookahead());
+                if let Some(threshold) = self.shape.trim {
+                    if self.pos < self.shape.max_trim && end > self.pos {
+                        let head = cache
+                            .first_loud_filling(&filling, threshold, self.shape.max_trim)
+                            .unwrap_or(self.shape.max_trim);
+                        self.pos = self.pos.max(head);
+                    }
+                }
+            }
             if end > self.pos {
                 let n = cache.read_chunks(
                     filling.chunks.iter(),
@@ -772,6 +900,85 @@ impl Reader {
                         .0
                 }
             };
+        }
+    }
+
+    /// Reads a complete copy as the shape says: within the trimmed bounds, and through the
+    /// crossfade at a seam.
+    fn read_shaped(
+        &mut self,
+        frozen: &Frozen,
+        max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> Read {
+        let cache = self.cache.clone();
+        let (head, tail) = match self.shape.trim {
+            Some(threshold) => cache.bounds(frozen, threshold, self.shape.max_trim),
+            None => (0, frozen.frames),
+        };
+        let crossfade = if self.shape.looping {
+            self.shape.crossfade.min((tail - head) / 2)
+        } else {
+            0
+        };
+        if let Some(done) = self.seam {
+            if done >= crossfade {
+                self.seam = None;
+                self.pos = head + crossfade;
+            } else {
+                let n = (max_frames as u64).min(crossfade - done);
+                self.mix_seam(frozen, tail - crossfade + done, head + done, n, done, crossfade);
+                visit(&self.scratch);
+                self.in_pass += n;
+                if done + n == crossfade {
+                    self.seam = None;
+                    self.pos = head + crossfade;
+                } else {
+                    self.seam = Some(done + n);
+                }
+                return Read::Frames(n as usize);
+            }
+        }
+        self.pos = self.pos.max(head);
+        let end = tail - crossfade;
+        if self.pos >= end {
+            return Read::PassEnd;
+        }
+        let n = (max_frames as u64).min(end - self.pos) as usize;
+        let read = cache.read_frozen(frozen, self.pos, n, visit);
+        if let Read::Frames(n) = read {
+            self.pos += n as u64;
+            self.in_pass += n as u64;
+        }
+        read
+    }
+
+    /// Mixes `n` frames of a seam into `scratch`: from frame `from` of the ending pass, fading
+    /// out, and frame `into` of the next, fading in; `done` of the seam's `length` frames are
+    /// behind. Equal-power curves (sine and cosine), so the level holds across uncorrelated
+    /// material; rounded, and saturated where correlated material adds up above full scale.
+    fn mix_seam(&mut self, frozen: &Frozen, from: u64, into: u64, n: u64, done: u64, length: u64) {
+        let channels = self.cache.channels;
+        let mut outgoing = Vec::with_capacity(n as usize * channels);
+        self.cache
+            .read_frozen(frozen, from, n as usize, &mut |s: &[i16]| outgoing.extend_from_slice(s));
+        let mut incoming = Vec::with_capacity(n as usize * channels);
+        self.cache
+            .read_frozen(frozen, into, n as usize, &mut |s: &[i16]| incoming.extend_from_slice(s));
+        self.scratch.clear();
+        for (i, (a, b)) in outgoing
+            .chunks_exact(channels)
+            .zip(incoming.chunks_exact(channels))
+            .enumerate()
+        {
+            let t = (done + i as u64) as f64 + 0.5;
+            let angle = t / length as f64 * std::f64::consts::FRAC_PI_2;
+            let (fade_in, fade_out) = angle.sin_cos();
+            self.scratch.extend(a.iter().zip(b).map(|(a, b)| {
+                (*a as f64 * fade_out + *b as f64 * fade_in)
+                    .round()
+                    .clamp(-32768.0, 32767.0) as i16
+            }));
         }
     }
 

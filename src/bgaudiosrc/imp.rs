@@ -35,6 +35,15 @@ const MAX_FADE: gst::ClockTime = gst::ClockTime::from_seconds(10);
 pub(super) const VOLUME_RAMP: gst::ClockTime = gst::ClockTime::from_mseconds(10);
 const DEFAULT_MAX_CACHE_SIZE: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
+const DEFAULT_TRIM_SILENCE: bool = false;
+const DEFAULT_TRIM_THRESHOLD: f64 = -60.0;
+/// The most a trim leaves out at each end of the file; also how far the reader stays behind a
+/// decoder still on its first pass, so it never plays what it would trim.
+pub(super) const MAX_TRIM: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+const DEFAULT_LOOP_CROSSFADE: gst::ClockTime = gst::ClockTime::ZERO;
+const MAX_LOOP_CROSSFADE: gst::ClockTime = gst::ClockTime::from_seconds(30);
+const DEFAULT_START_POSITION: gst::ClockTime = gst::ClockTime::ZERO;
+const DEFAULT_RANDOM_START: bool = false;
 /// The output formats, the preferred first (the decoded copy's own).
 const OUTPUT_FORMATS: [gst_audio::AudioFormat; 2] =
     [gst_audio::AUDIO_FORMAT_S16, gst_audio::AUDIO_FORMAT_F32];
@@ -54,6 +63,12 @@ pub(super) struct Settings {
     pub(super) max_cache_size: u64,
     /// How long the source may take to show its audio format; `None` waits for ever.
     pub(super) timeout: Option<gst::ClockTime>,
+    pub(super) trim_silence: bool,
+    /// dBFS.
+    pub(super) trim_threshold: f64,
+    pub(super) loop_crossfade: gst::ClockTime,
+    pub(super) start_position: gst::ClockTime,
+    pub(super) random_start: bool,
 }
 
 impl Default for Settings {
@@ -69,6 +84,11 @@ impl Default for Settings {
             fade_out: DEFAULT_FADE_OUT,
             max_cache_size: DEFAULT_MAX_CACHE_SIZE,
             timeout: Some(DEFAULT_TIMEOUT),
+            trim_silence: DEFAULT_TRIM_SILENCE,
+            trim_threshold: DEFAULT_TRIM_THRESHOLD,
+            loop_crossfade: DEFAULT_LOOP_CROSSFADE,
+            start_position: DEFAULT_START_POSITION,
+            random_start: DEFAULT_RANDOM_START,
         }
     }
 }
@@ -262,6 +282,50 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_TIMEOUT.nseconds())
                     .mutable_ready()
                     .build(),
+                /// Leaves silent ends out of every pass (encoder padding, a silent lead-in),
+                /// so a file not made to loop loops without a gap.
+                glib::ParamSpecBoolean::builder("trim-silence")
+                    .nick("Trim silence")
+                    .blurb(
+                        "Leave out leading and trailing samples below trim-threshold (at most \
+                         500 ms at each end) from every pass",
+                    )
+                    .default_value(DEFAULT_TRIM_SILENCE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("trim-threshold")
+                    .nick("Trim threshold")
+                    .blurb("Level in dBFS under which trim-silence counts a sample as silent")
+                    .minimum(-120.0)
+                    .maximum(0.0)
+                    .default_value(DEFAULT_TRIM_THRESHOLD)
+                    .mutable_ready()
+                    .build(),
+                /// Overlaps the end of the file with its start at every seam.
+                glib::ParamSpecUInt64::builder("loop-crossfade")
+                    .nick("Loop crossfade")
+                    .blurb(
+                        "Nanoseconds each loop seam overlaps the file's end with its start \
+                         (equal-power; at most half the file; 0 = none)",
+                    )
+                    .maximum(MAX_LOOP_CROSSFADE.nseconds())
+                    .default_value(DEFAULT_LOOP_CROSSFADE.nseconds())
+                    .mutable_ready()
+                    .build(),
+                /// Where the first pass starts; later passes start at the file's start.
+                glib::ParamSpecUInt64::builder("start-position")
+                    .nick("Start position")
+                    .blurb("Nanoseconds into the file where the first pass starts")
+                    .default_value(DEFAULT_START_POSITION.nseconds())
+                    .mutable_ready()
+                    .build(),
+                /// Each start at a random place, so instances sharing a file differ.
+                glib::ParamSpecBoolean::builder("random-start")
+                    .nick("Random start")
+                    .blurb("Start the first pass at a random position in the file")
+                    .default_value(DEFAULT_RANDOM_START)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -372,6 +436,28 @@ impl ObjectImpl for BgAudioSrc {
                 settings.timeout = (ns > 0).then(|| gst::ClockTime::from_nseconds(ns));
                 gst::info!(CAT, imp = self, "Timeout set to {:?}", settings.timeout);
             }
+            "trim-silence" => {
+                settings.trim_silence = value.get().expect("type checked upstream");
+                gst::info!(CAT, imp = self, "Trim silence {}", settings.trim_silence);
+            }
+            "trim-threshold" => {
+                settings.trim_threshold = value.get().expect("type checked upstream");
+                gst::info!(CAT, imp = self, "Trim threshold {} dBFS", settings.trim_threshold);
+            }
+            "loop-crossfade" => {
+                settings.loop_crossfade =
+                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
+                gst::info!(CAT, imp = self, "Loop crossfade {}", settings.loop_crossfade);
+            }
+            "start-position" => {
+                settings.start_position =
+                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
+                gst::info!(CAT, imp = self, "Start position {}", settings.start_position);
+            }
+            "random-start" => {
+                settings.random_start = value.get().expect("type checked upstream");
+                gst::info!(CAT, imp = self, "Random start {}", settings.random_start);
+            }
             _ => unimplemented!(),
         }
     }
@@ -389,6 +475,11 @@ impl ObjectImpl for BgAudioSrc {
             "fade-out-duration" => settings.fade_out.nseconds().to_value(),
             "max-cache-size" => settings.max_cache_size.to_value(),
             "timeout" => settings.timeout.map_or(0, |t| t.nseconds()).to_value(),
+            "trim-silence" => settings.trim_silence.to_value(),
+            "trim-threshold" => settings.trim_threshold.to_value(),
+            "loop-crossfade" => settings.loop_crossfade.nseconds().to_value(),
+            "start-position" => settings.start_position.nseconds().to_value(),
+            "random-start" => settings.random_start.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -783,6 +874,8 @@ impl BaseSrcImpl for BgAudioSrc {
         }));
         if let Some((start, stop)) = seek {
             self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)));
+        } else {
+            self.start_first_pass(&settings, rate);
         }
         self.obj()
             .set_blocksize((frames_per_buffer as u32).saturating_mul(bpf));
@@ -1124,6 +1217,57 @@ impl BgAudioSrc {
                     .or_else(|| entry.duration())
             })
             .or(native.and_then(|n| n.duration))
+    }
+
+    /// Puts the reader where the first pass starts (`start-position`, or a random place with
+    /// `random-start`); the output still starts at 0. Later passes start at the file's start.
+    fn start_first_pass(&self, settings: &Settings, rate: u64) {
+        if !settings.random_start && settings.start_position == gst::ClockTime::ZERO {
+            return;
+        }
+        let length = match &*self.state() {
+            State::Running(running) => {
+                let cache = &running.lease.entry().cache;
+                cache.complete_frames().or_else(|| {
+                    running
+                        .native
+                        .duration
+                        .map(|d| seek_frame(d, rate))
+                        .filter(|f| *f > 0)
+                })
+            }
+            _ => return,
+        };
+        let frame = if settings.random_start {
+            // Not for cryptography: distinct openings for instances of one file.
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            length.map_or(0, |length| hasher.finish() % length)
+        } else {
+            let frame = seek_frame(settings.start_position, rate);
+            match length {
+                Some(length) if settings.do_loop && length > 0 => frame % length,
+                _ => frame,
+            }
+        };
+        let mut reader = self.reader();
+        let moved = reader.as_mut().is_some_and(|r| r.seek(frame));
+        gst::info!(
+            CAT,
+            imp = self,
+            "First pass from frame {}{}",
+            frame,
+            if moved {
+                ""
+            } else {
+                " refused: a window over a stream plays from its start"
+            }
+        );
     }
 
     /// Moves playout to output frame `frame` (its timestamps follow from it) and the reader to

@@ -14,9 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Instant;
 
-use super::cache::{Read, ReadError, Reader};
+use super::cache::{Read, ReadError, Reader, Shape};
 use super::gain::{self, Envelope};
-use super::imp::{BgAudioSrc, State, VOLUME_RAMP};
+use super::imp::{BgAudioSrc, State, MAX_TRIM, VOLUME_RAMP};
 use super::{BgAudioSrcMode, CAT};
 
 /// The settings `create` needs, copied out once per buffer without allocating.
@@ -24,6 +24,8 @@ use super::{BgAudioSrcMode, CAT};
 struct Playout {
     volume: f64,
     mute: bool,
+    trim: Option<f64>,
+    loop_crossfade: gst::ClockTime,
     mode: BgAudioSrcMode,
     do_loop: bool,
     fade_in: gst::ClockTime,
@@ -163,11 +165,21 @@ impl BgAudioSrc {
 
         let mut reader_guard = self.reader();
         let reader = reader_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        reader.set_shape(Shape {
+            trim: settings.trim.map(|db| {
+                // dBFS to an S16 level.
+                (32768.0 * 10f64.powf(db / 20.0)).clamp(0.0, 32767.0) as i16
+            }),
+            max_trim: time_to_frames(MAX_TRIM, rate),
+            crossfade: time_to_frames(settings.loop_crossfade, rate),
+            looping: settings.do_loop,
+        });
         let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
         let fill = match gain {
             Some(g)
                 if g == 1.0
                     && output.format == SampleFormat::S16
+                    && reader.can_share()
                     && reader.cache().complete_frames().is_some() =>
             {
                 self.fill_shared(reader, frames_per_buffer, settings.do_loop)?
@@ -503,6 +515,8 @@ impl BgAudioSrc {
         Playout {
             volume: s.volume,
             mute: s.mute,
+            trim: s.trim_silence.then_some(s.trim_threshold),
+            loop_crossfade: s.loop_crossfade,
             mode: s.mode,
             do_loop: s.do_loop,
             fade_in: s.fade_in,

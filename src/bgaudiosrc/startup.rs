@@ -215,6 +215,8 @@ mod tests {
                 let mut s = Startup::new();
                 assert!(s.take_turn(|| false));
                 order.lock().unwrap().push(name);
+                // Handed back, so the turn stays taken until the test lets it go.
+                s
             })
         };
         let first = spawn("first");
@@ -237,11 +239,17 @@ mod tests {
             "no turn while all are held"
         );
 
-        // Ending the held turns lets the waiters through, in the order they asked.
-        holders.clear();
-        first.join().unwrap();
-        second.join().unwrap();
+        // Ending one held turn lets the first waiter through, and only it; the next one ending
+        // lets the second through.
+        holders.pop();
+        let first = first.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["first"]);
+        assert_eq!(waiting(), 1, "the second still waits");
+        holders.pop();
+        let second = second.join().unwrap();
         assert_eq!(*order.lock().unwrap(), ["first", "second"]);
+        drop((first, second));
+        holders.clear();
         assert!(!decoders_yield());
     }
 }
