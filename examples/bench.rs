@@ -166,6 +166,10 @@ fn source(kind: &str, location: &Path, volume: f64) -> String {
     match kind {
         "floor" => "audiotestsrc wave=silence samplesperbuffer=960".to_owned(),
         "bgaudiosrc" => format!("bgaudiosrc location={location} loop=true volume={volume}"),
+        "bgaudiosrc-shaped" => format!(
+            "bgaudiosrc location={location} loop=true volume={volume} trim-silence=true \
+             loop-crossfade=200000000"
+        ),
         "segment-seek" => format!(
             "filesrc location={location} ! decodebin ! audioconvert ! audioresample \
              ! volume volume={volume}"
@@ -554,6 +558,16 @@ fn run_all(quick: bool) -> Result<(), Error> {
         "bgaudiosrc loop=true",
         n,
         child(&["sync", "bgaudiosrc", &n.to_string(), &seconds.to_string()])?,
+    ));
+    rows.push((
+        "bgaudiosrc loop=true trim-silence=true loop-crossfade=200 ms",
+        n,
+        child(&[
+            "sync",
+            "bgaudiosrc-shaped",
+            &n.to_string(),
+            &seconds.to_string(),
+        ])?,
     ));
     rows.push((
         "segment-seek loop (filesrc ! decodebin ! …)",

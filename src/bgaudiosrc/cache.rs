@@ -123,6 +123,9 @@ struct Filling {
     writer_waiting: bool,
     /// The decoder is shutting down: writes return at once.
     closed: bool,
+    /// The most frames a reader stays behind the decoder (see `Shape`): a decoder giving way
+    /// to start-ups keeps that much more lead, or such a reader would wait for it.
+    lookahead: u64,
 }
 
 impl Filling {
@@ -141,6 +144,9 @@ struct Frozen {
     frames: u64,
 }
 
+/// A trim's threshold and its most frames at each end.
+type TrimKey = (i16, u64);
+
 /// Decoded S16 audio, filled once by a decoder and read by any number of readers.
 #[derive(Debug)]
 pub struct PcmCache {
@@ -156,7 +162,7 @@ pub struct PcmCache {
     tags: Mutex<(u64, Option<gst::TagList>)>,
     /// The loop bounds found for each trim threshold asked for (see `Shape`): the file is
     /// scanned once per threshold, not once per element.
-    bounds: Mutex<Vec<((i16, u64), (u64, u64))>>,
+    bounds: Mutex<Vec<(TrimKey, (u64, u64))>>,
     /// What the copy is of, for log lines (a copy is shared: no one element logs for it).
     label: OnceLock<gst::glib::GString>,
 }
@@ -328,7 +334,8 @@ impl PcmCache {
         if filling.closed || filling.streaming || !startup::decoders_yield() {
             return false;
         }
-        let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000;
+        let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000
+            + filling.lookahead;
         let furthest = filling.furthest_reader().unwrap_or(0);
         filling.frames >= furthest + lead
     }
@@ -542,6 +549,7 @@ impl PcmCache {
             pass: 0,
             in_pass: 0,
             shape: Shape::default(),
+            bounds: None,
             seam: None,
             scratch: Vec::new(),
         })
@@ -596,7 +604,9 @@ impl PcmCache {
                 .any(|s| s.unsigned_abs() > threshold.unsigned_abs())
         };
         let first = (0..frames.min(max_trim)).find(|f| loud(*f));
-        let last = (frames.saturating_sub(max_trim)..frames).rev().find(|f| loud(*f));
+        let last = (frames.saturating_sub(max_trim)..frames)
+            .rev()
+            .find(|f| loud(*f));
         let bounds = match (first, last) {
             _ if !(0..frames).any(loud) => (0, frames),
             (head, tail) => (
@@ -692,6 +702,8 @@ pub struct Reader {
     /// Frames read since the start of this pass.
     in_pass: u64,
     shape: Shape,
+    /// The trimmed bounds of a complete copy, for the shape's threshold (looked up once).
+    bounds: Option<(TrimKey, (u64, u64))>,
     /// In a crossfade at a seam: how many of its frames were read.
     seam: Option<u64>,
     /// The mixed frames of a seam.
@@ -717,7 +729,11 @@ pub struct Shape {
 impl Shape {
     /// How far behind a filling decoder the reader stays.
     fn lookahead(&self) -> u64 {
-        let trim = if self.trim.is_some() { self.max_trim } else { 0 };
+        let trim = if self.trim.is_some() {
+            self.max_trim
+        } else {
+            0
+        };
         let crossfade = if self.looping { self.crossfade } else { 0 };
         trim + crossfade
     }
@@ -847,6 +863,7 @@ impl Reader {
             }
             let mut end = pass_end.unwrap_or(filling.frames);
             if !filling.streaming {
+                filling.lookahead = filling.lookahead.max(self.shape.lookahead());
                 // Not past what a trim or a seam may still take from the end.
                 end = end.saturating_sub(self.shape.lookahead());
                 if let Some(threshold) = self.shape.trim {
@@ -913,7 +930,17 @@ impl Reader {
     ) -> Read {
         let cache = self.cache.clone();
         let (head, tail) = match self.shape.trim {
-            Some(threshold) => cache.bounds(frozen, threshold, self.shape.max_trim),
+            Some(threshold) => {
+                let key = (threshold, self.shape.max_trim);
+                match self.bounds {
+                    Some((k, bounds)) if k == key => bounds,
+                    _ => {
+                        let bounds = cache.bounds(frozen, threshold, self.shape.max_trim);
+                        self.bounds = Some((key, bounds));
+                        bounds
+                    }
+                }
+            }
             None => (0, frozen.frames),
         };
         let crossfade = if self.shape.looping {
@@ -927,7 +954,14 @@ impl Reader {
                 self.pos = head + crossfade;
             } else {
                 let n = (max_frames as u64).min(crossfade - done);
-                self.mix_seam(frozen, tail - crossfade + done, head + done, n, done, crossfade);
+                self.mix_seam(
+                    frozen,
+                    tail - crossfade + done,
+                    head + done,
+                    n,
+                    done,
+                    crossfade,
+                );
                 visit(&self.scratch);
                 self.in_pass += n;
                 if done + n == crossfade {
@@ -961,10 +995,14 @@ impl Reader {
         let channels = self.cache.channels;
         let mut outgoing = Vec::with_capacity(n as usize * channels);
         self.cache
-            .read_frozen(frozen, from, n as usize, &mut |s: &[i16]| outgoing.extend_from_slice(s));
+            .read_frozen(frozen, from, n as usize, &mut |s: &[i16]| {
+                outgoing.extend_from_slice(s)
+            });
         let mut incoming = Vec::with_capacity(n as usize * channels);
         self.cache
-            .read_frozen(frozen, into, n as usize, &mut |s: &[i16]| incoming.extend_from_slice(s));
+            .read_frozen(frozen, into, n as usize, &mut |s: &[i16]| {
+                incoming.extend_from_slice(s)
+            });
         self.scratch.clear();
         for (i, (a, b)) in outgoing
             .chunks_exact(channels)
