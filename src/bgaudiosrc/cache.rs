@@ -867,7 +867,8 @@ impl Reader {
                 // Not past what a trim or a seam may still take from the end.
                 end = end.saturating_sub(self.shape.lookahead());
                 if let Some(threshold) = self.shape.trim {
-                    if self.pos < self.shape.max_trim && end > self.pos {
+                    // Once, before the pass's first frame: past a trimmed head.
+                    if self.in_pass == 0 && self.pos < self.shape.max_trim && end > self.pos {
                         let head = cache
                             .first_loud_filling(&filling, threshold, self.shape.max_trim)
                             .unwrap_or(self.shape.max_trim);

@@ -617,7 +617,7 @@ impl BaseSrcImpl for BgAudioSrc {
     /// Learns the file's own format first (waiting on the streaming thread, interruptibly and
     /// within `timeout`), so that `fixate` can prefer it, then negotiates as usual.
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        match self.take_turn().and_then(|()| self.wait_native()) {
+        match self.wait_native() {
             Ok(_) => self.parent_negotiate(),
             Err(WaitError::Cancelled) => {
                 // Flushing (a state change or a seek): negotiate again next time round; `create`
@@ -1127,6 +1127,12 @@ impl BgAudioSrc {
                         Probe::Own(shared) => {
                             starting.waiting = Some(shared.clone());
                             drop(state);
+                            // Starting a decode chain is the costly part of a start-up: taken
+                            // in turns (see `startup`). Elements that join a probe or know the
+                            // format already need none. Cancelled (a flush), the chain is
+                            // started all the same and shut down with the element, so that
+                            // those waiting on `shared` are told.
+                            let _ = self.take_turn();
                             let output = self.fixed_output();
                             // Builds the chain and sets it playing; returns at once. A failure
                             // also reaches every element waiting on `shared`.
