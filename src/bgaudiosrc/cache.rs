@@ -146,6 +146,8 @@ struct Frozen {
 
 /// A trim's threshold and its most frames at each end.
 type TrimKey = (i16, u64);
+/// A seam's bounds (head, tail) and crossfade length.
+type SeamKey = (u64, u64, u64);
 
 /// Decoded S16 audio, filled once by a decoder and read by any number of readers.
 #[derive(Debug)]
@@ -163,6 +165,9 @@ pub struct PcmCache {
     /// The loop bounds found for each trim threshold asked for (see `Shape`): the file is
     /// scanned once per threshold, not once per element.
     bounds: Mutex<Vec<(TrimKey, (u64, u64))>>,
+    /// The mixed seams made for each (bounds, crossfade) asked for: made once per copy, then
+    /// read like the rest of it.
+    seams: Mutex<Vec<(SeamKey, Arc<[i16]>)>>,
     /// What the copy is of, for log lines (a copy is shared: no one element logs for it).
     label: OnceLock<gst::glib::GString>,
 }
@@ -181,6 +186,7 @@ impl PcmCache {
             frozen: OnceLock::new(),
             tags: Mutex::new((0, None)),
             bounds: Mutex::new(Vec::new()),
+            seams: Mutex::new(Vec::new()),
             label: OnceLock::new(),
         }
     }
@@ -545,13 +551,8 @@ impl PcmCache {
         Some(Reader {
             cache: self.clone(),
             id,
-            pos: 0,
             pass: 0,
-            in_pass: 0,
-            shape: Shape::default(),
-            bounds: None,
-            seam: None,
-            scratch: Vec::new(),
+            at: Playhead::default(),
         })
     }
 
@@ -621,6 +622,46 @@ impl PcmCache {
         };
         known.push((key, bounds));
         bounds
+    }
+
+    /// The crossfade of a seam: the last `length` frames before `tail` fading out (cosine) over
+    /// the first `length` frames from `head` fading in (sine). Equal-power curves, so the level
+    /// holds across uncorrelated material; rounded, and saturated where correlated material adds
+    /// up above full scale. Made once per copy and key.
+    fn seam(&self, frozen: &Frozen, key: SeamKey) -> Arc<[i16]> {
+        let mut seams = self.seams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, seam)) = seams.iter().find(|(k, _)| *k == key) {
+            return seam.clone();
+        }
+        let (head, tail, length) = key;
+        let mut outgoing = Vec::with_capacity(length as usize * self.channels);
+        let mut incoming = Vec::with_capacity(length as usize * self.channels);
+        self.read_frozen(
+            frozen,
+            tail - length,
+            length as usize,
+            &mut |s: &[i16]| outgoing.extend_from_slice(s),
+        );
+        self.read_frozen(frozen, head, length as usize, &mut |s: &[i16]| {
+            incoming.extend_from_slice(s)
+        });
+        let mut mixed = Vec::with_capacity(outgoing.len());
+        for (i, (a, b)) in outgoing
+            .chunks_exact(self.channels)
+            .zip(incoming.chunks_exact(self.channels))
+            .enumerate()
+        {
+            let angle = (i as f64 + 0.5) / length as f64 * std::f64::consts::FRAC_PI_2;
+            let (fade_in, fade_out) = angle.sin_cos();
+            mixed.extend(a.iter().zip(b).map(|(a, b)| {
+                (*a as f64 * fade_out + *b as f64 * fade_in)
+                    .round()
+                    .clamp(-32768.0, 32767.0) as i16
+            }));
+        }
+        let seam: Arc<[i16]> = mixed.into();
+        seams.push((key, seam.clone()));
+        seam
     }
 
     /// The first frame of `from..to` (decoded, in a copy still filling) with a sample above
@@ -697,8 +738,15 @@ pub struct Reader {
     cache: Arc<PcmCache>,
     /// Slot in the cache's reader table; `None` for a reader of a complete cache.
     id: Option<usize>,
-    pos: u64,
     pass: u64,
+    at: Playhead,
+}
+
+/// Where a reader is in a copy, and how it plays its passes: apart from the `Arc` of the copy,
+/// so a read borrows the two separately (no reference count touched per buffer).
+#[derive(Debug, Default)]
+struct Playhead {
+    pos: u64,
     /// Frames read since the start of this pass.
     in_pass: u64,
     shape: Shape,
@@ -706,8 +754,8 @@ pub struct Reader {
     bounds: Option<(TrimKey, (u64, u64))>,
     /// In a crossfade at a seam: how many of its frames were read.
     seam: Option<u64>,
-    /// The mixed frames of a seam.
-    scratch: Vec<i16>,
+    /// The mixed frames of a seam, as the copy made them for these bounds and length.
+    seam_mix: Option<(SeamKey, Arc<[i16]>)>,
 }
 
 /// How a reader plays the passes of a copy that is kept whole (a window over a stream plays
@@ -747,12 +795,12 @@ impl Shape {
 impl Reader {
     /// Sets how the passes are played (see `Shape`); takes effect at once.
     pub fn set_shape(&mut self, shape: Shape) {
-        self.shape = shape;
+        self.at.shape = shape;
     }
 
     /// Whether the next frames can be shared without a copy: nothing to shape, no seam.
     pub fn can_share(&self) -> bool {
-        self.shape.is_plain() && self.seam.is_none()
+        self.at.shape.is_plain() && self.at.seam.is_none()
     }
     pub fn cache(&self) -> &Arc<PcmCache> {
         &self.cache
@@ -761,24 +809,24 @@ impl Reader {
     /// The frame this reader reads next: in the file when the cache is complete, in the stream
     /// (counting across passes) when it streams.
     pub fn position(&self) -> u64 {
-        self.pos
+        self.at.pos
     }
 
     /// Goes on past the end of a pass: back to the start of a complete cache, or into the next
     /// pass of a streaming one. Returns false, and stays, if the pass held no audio: looping
     /// it would never produce a frame.
     pub fn next_pass(&mut self) -> bool {
-        if self.in_pass == 0 {
+        if self.at.in_pass == 0 {
             return false;
         }
-        self.in_pass = 0;
+        self.at.in_pass = 0;
         if self.cache.frozen.get().is_some() {
-            if self.shape.looping && self.shape.crossfade > 0 {
+            if self.at.shape.looping && self.at.shape.crossfade > 0 {
                 // The seam: the end of this pass mixed into the start of the next one.
-                self.seam = Some(0);
+                self.at.seam = Some(0);
             } else {
                 // (Moved past a trimmed head by the next read.)
-                self.pos = 0;
+                self.at.pos = 0;
             }
         } else {
             self.pass += 1;
@@ -793,11 +841,11 @@ impl Reader {
         if self.cache.is_window() {
             return false;
         }
-        self.pos = frame;
+        self.at.pos = frame;
         self.pass = 0;
-        self.seam = None;
+        self.at.seam = None;
         // Counts as read: a seek to the end of a looping file goes on into its next pass.
-        self.in_pass = frame;
+        self.at.in_pass = frame;
         true
     }
 
@@ -813,11 +861,10 @@ impl Reader {
         cancelled: impl Fn() -> bool,
         mut visit: impl FnMut(&[i16]),
     ) -> Result<Read, ReadError> {
-        let cache = self.cache.clone();
+        let cache = &*self.cache;
         if let Some(frozen) = cache.frozen.get() {
-            return Ok(self.read_shaped(frozen, max_frames, &mut visit));
+            return Ok(self.at.read_shaped(cache, frozen, max_frames, &mut visit));
         }
-        let cache = &*cache;
         let id = self.id.unwrap_or(usize::MAX);
         let mut filling = cache.lock();
         loop {
@@ -826,7 +873,7 @@ impl Reader {
                 return self.read(max_frames, deadline, cancelled, visit);
             }
             if let Some(slot) = filling.readers.get_mut(id) {
-                *slot = Some((self.pos, self.pass));
+                *slot = Some((self.at.pos, self.pass));
             }
             cache.drop_passed(&mut filling);
             if filling.writer_waiting {
@@ -838,58 +885,61 @@ impl Reader {
             } else {
                 None
             };
-            if pass_end == Some(self.pos) {
+            if pass_end == Some(self.at.pos) {
                 return Ok(Read::PassEnd);
             }
             let held_from = filling.first_chunk * cache.chunk_frames as u64;
-            if self.pos < held_from {
+            if self.at.pos < held_from {
                 // Overtaken (see `overtake`): go on from the oldest frame held, in the pass
                 // that holds it.
                 gst::warning!(
                     CAT,
                     id = cache.label(),
                     "A reader fell {} frames behind a full window: skipping ahead",
-                    held_from - self.pos
+                    held_from - self.at.pos
                 );
-                self.pos = held_from;
+                self.at.pos = held_from;
                 self.pass = filling.first_pass
                     + filling
                         .pass_ends
                         .iter()
                         .take_while(|end| **end <= held_from)
                         .count() as u64;
-                self.in_pass = 1;
+                self.at.in_pass = 1;
                 continue;
             }
             let mut end = pass_end.unwrap_or(filling.frames);
             if !filling.streaming {
-                filling.lookahead = filling.lookahead.max(self.shape.lookahead());
+                filling.lookahead = filling.lookahead.max(self.at.shape.lookahead());
                 // Not past what a trim or a seam may still take from the end.
-                end = end.saturating_sub(self.shape.lookahead());
-                if let Some(threshold) = self.shape.trim {
+                end = end.saturating_sub(self.at.shape.lookahead());
+                if let Some(threshold) = self.at.shape.trim {
                     // Once, before the pass's first frame: past a trimmed head.
-                    if self.in_pass == 0 && self.pos < self.shape.max_trim && end > self.pos {
+                    if self.at.in_pass == 0
+                        && self.at.pos < self.at.shape.max_trim
+                        && end > self.at.pos
+                    {
                         let head = cache
-                            .first_loud_filling(&filling, threshold, self.shape.max_trim)
-                            .unwrap_or(self.shape.max_trim);
-                        self.pos = self.pos.max(head);
+                            .first_loud_filling(&filling, threshold, self.at.shape.max_trim)
+                            .unwrap_or(self.at.shape.max_trim);
+                        self.at.pos = self.at.pos.max(head);
                     }
                 }
             }
-            if end > self.pos {
+            if end > self.at.pos {
                 let n = cache.read_chunks(
                     filling.chunks.iter(),
                     &filling.tail,
                     filling.first_chunk,
                     end,
-                    self.pos,
+                    self.at.pos,
                     max_frames,
                     &mut visit,
                 );
-                self.pos += n as u64;
-                self.in_pass += n as u64;
+                self.at.pos += n as u64;
+                self.at.in_pass += n as u64;
                 if let Some(slot) = filling.readers.get_mut(id) {
-                    *slot = Some((self.pos, self.pass));
+                    *slot = Some((self.at.pos, self.pass));
                 }
                 return Ok(Read::Frames(n));
             }
@@ -897,7 +947,7 @@ impl Reader {
                 return Err(ReadError::Failed(err.clone()));
             }
             if let Some(why) = &filling.ended {
-                if self.pos >= filling.frames {
+                if self.at.pos >= filling.frames {
                     return Err(ReadError::Ended(why.clone()));
                 }
             }
@@ -921,15 +971,44 @@ impl Reader {
         }
     }
 
+    /// Appends to `buffer` memories that share a complete cache's samples for up to
+    /// `max_frames` frames from the reader's position, without copying, and moves the position
+    /// past them. `None` while the cache is not complete; `PassEnd` at its end.
+    pub fn share_into(&mut self, max_frames: usize, buffer: &mut gst::BufferRef) -> Option<Read> {
+        let cache = &*self.cache;
+        let frozen = cache.frozen.get()?;
+        if self.at.pos >= frozen.frames {
+            return Some(Read::PassEnd);
+        }
+        let frames = (max_frames as u64).min(frozen.frames - self.at.pos) as usize;
+        let bpf = cache.channels * 2;
+        let mut chunk = (self.at.pos / cache.chunk_frames as u64) as usize;
+        let mut offset = (self.at.pos % cache.chunk_frames as u64) as usize;
+        let mut left = frames;
+        while left > 0 {
+            let mem = &frozen.chunks[chunk].memory;
+            let in_chunk = (mem.size() / bpf - offset).min(left);
+            buffer.append_memory(mem.share(offset * bpf..(offset + in_chunk) * bpf));
+            left -= in_chunk;
+            chunk += 1;
+            offset = 0;
+        }
+        self.at.pos += frames as u64;
+        self.at.in_pass += frames as u64;
+        Some(Read::Frames(frames))
+    }
+}
+
+impl Playhead {
     /// Reads a complete copy as the shape says: within the trimmed bounds, and through the
     /// crossfade at a seam.
     fn read_shaped(
         &mut self,
+        cache: &PcmCache,
         frozen: &Frozen,
         max_frames: usize,
         visit: &mut impl FnMut(&[i16]),
     ) -> Read {
-        let cache = self.cache.clone();
         let (head, tail) = match self.shape.trim {
             Some(threshold) => {
                 let key = (threshold, self.shape.max_trim);
@@ -955,15 +1034,17 @@ impl Reader {
                 self.pos = head + crossfade;
             } else {
                 let n = (max_frames as u64).min(crossfade - done);
-                self.mix_seam(
-                    frozen,
-                    tail - crossfade + done,
-                    head + done,
-                    n,
-                    done,
-                    crossfade,
-                );
-                visit(&self.scratch);
+                let key = (head, tail, crossfade);
+                let seam = match &self.seam_mix {
+                    Some((k, seam)) if *k == key => seam.clone(),
+                    _ => {
+                        let seam = cache.seam(frozen, key);
+                        self.seam_mix = Some((key, seam.clone()));
+                        seam
+                    }
+                };
+                let channels = cache.channels;
+                visit(&seam[done as usize * channels..(done + n) as usize * channels]);
                 self.in_pass += n;
                 if done + n == crossfade {
                     self.seam = None;
@@ -986,66 +1067,6 @@ impl Reader {
             self.in_pass += n as u64;
         }
         read
-    }
-
-    /// Mixes `n` frames of a seam into `scratch`: from frame `from` of the ending pass, fading
-    /// out, and frame `into` of the next, fading in; `done` of the seam's `length` frames are
-    /// behind. Equal-power curves (sine and cosine), so the level holds across uncorrelated
-    /// material; rounded, and saturated where correlated material adds up above full scale.
-    fn mix_seam(&mut self, frozen: &Frozen, from: u64, into: u64, n: u64, done: u64, length: u64) {
-        let channels = self.cache.channels;
-        let mut outgoing = Vec::with_capacity(n as usize * channels);
-        self.cache
-            .read_frozen(frozen, from, n as usize, &mut |s: &[i16]| {
-                outgoing.extend_from_slice(s)
-            });
-        let mut incoming = Vec::with_capacity(n as usize * channels);
-        self.cache
-            .read_frozen(frozen, into, n as usize, &mut |s: &[i16]| {
-                incoming.extend_from_slice(s)
-            });
-        self.scratch.clear();
-        for (i, (a, b)) in outgoing
-            .chunks_exact(channels)
-            .zip(incoming.chunks_exact(channels))
-            .enumerate()
-        {
-            let t = (done + i as u64) as f64 + 0.5;
-            let angle = t / length as f64 * std::f64::consts::FRAC_PI_2;
-            let (fade_in, fade_out) = angle.sin_cos();
-            self.scratch.extend(a.iter().zip(b).map(|(a, b)| {
-                (*a as f64 * fade_out + *b as f64 * fade_in)
-                    .round()
-                    .clamp(-32768.0, 32767.0) as i16
-            }));
-        }
-    }
-
-    /// Appends to `buffer` memories that share a complete cache's samples for up to
-    /// `max_frames` frames from the reader's position, without copying, and moves the position
-    /// past them. `None` while the cache is not complete; `PassEnd` at its end.
-    pub fn share_into(&mut self, max_frames: usize, buffer: &mut gst::BufferRef) -> Option<Read> {
-        let cache = &*self.cache;
-        let frozen = cache.frozen.get()?;
-        if self.pos >= frozen.frames {
-            return Some(Read::PassEnd);
-        }
-        let frames = (max_frames as u64).min(frozen.frames - self.pos) as usize;
-        let bpf = cache.channels * 2;
-        let mut chunk = (self.pos / cache.chunk_frames as u64) as usize;
-        let mut offset = (self.pos % cache.chunk_frames as u64) as usize;
-        let mut left = frames;
-        while left > 0 {
-            let mem = &frozen.chunks[chunk].memory;
-            let in_chunk = (mem.size() / bpf - offset).min(left);
-            buffer.append_memory(mem.share(offset * bpf..(offset + in_chunk) * bpf));
-            left -= in_chunk;
-            chunk += 1;
-            offset = 0;
-        }
-        self.pos += frames as u64;
-        self.in_pass += frames as u64;
-        Some(Read::Frames(frames))
     }
 }
 
