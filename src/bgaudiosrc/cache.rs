@@ -609,7 +609,8 @@ impl PcmCache {
             .rev()
             .find(|f| loud(*f));
         let bounds = match (first, last) {
-            _ if !(0..frames).any(loud) => (0, frames),
+            // Silent at both ends: trim only if something in between is not.
+            (None, None) if !(0..frames).any(loud) => (0, frames),
             (head, tail) => (
                 head.unwrap_or(max_trim.min(frames)),
                 tail.map_or(frames.saturating_sub(max_trim), |t| t + 1),
