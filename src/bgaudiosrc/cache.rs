@@ -886,7 +886,8 @@ impl Reader {
             } else {
                 None
             };
-            if pass_end == Some(self.at.pos) {
+            // At or past it: a seek may have put the reader beyond a pass end it never read.
+            if pass_end.is_some_and(|end| self.at.pos >= end) {
                 return Ok(Read::PassEnd);
             }
             let held_from = filling.first_chunk * cache.chunk_frames as u64;

@@ -218,6 +218,8 @@ impl BgAudioSrc {
         };
         // Read the clock only now that the first buffer is filled: the first pass may have
         // waited for the decoder, and the buffer must not be stamped in the past.
+        // The first buffer of this run, whatever frame a seek made it start at.
+        let first_buffer = timestamp_offset.is_none();
         let timestamp_offset = match timestamp_offset {
             Some(offset) => offset,
             None => self.first_running_time(),
@@ -253,7 +255,7 @@ impl BgAudioSrc {
         }
         drop(state);
 
-        if sample_offset == 0 {
+        if first_buffer {
             gst::debug!(CAT, imp = self, "First buffer out");
             self.startup().take();
         }
