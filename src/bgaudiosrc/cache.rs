@@ -207,15 +207,11 @@ impl PcmCache {
         let _ = self.label.set(label.into());
     }
 
-    fn label(&self) -> &gst::glib::GStr {
+    /// What the copy is of, for log lines.
+    pub fn label(&self) -> &gst::glib::GStr {
         self.label
             .get()
             .map_or(gst::glib::gstr!("decoded copy"), |l| l.as_gstr())
-    }
-
-    /// The label, for log lines of the modules that hold the copy.
-    pub fn label_for_logs(&self) -> &gst::glib::GStr {
-        self.label()
     }
 
     pub fn rate(&self) -> u32 {

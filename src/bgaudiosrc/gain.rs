@@ -168,13 +168,7 @@ pub fn apply_envelope(
     first_frame: u64,
     envelope: &Envelope,
 ) {
-    for (i, (s, d)) in src
-        .chunks_exact(channels)
-        .zip(dst.chunks_exact_mut(channels))
-        .enumerate()
-    {
-        apply(s, d, envelope.at(first_frame + i as u64));
-    }
+    per_frame(src, dst, channels, first_frame, envelope, apply);
 }
 
 /// Writes `src * gain` as F32 into `dst`, full scale 1.0: `x * gain / 32768`. At gain 1 that is
@@ -196,12 +190,24 @@ pub fn apply_envelope_f32(
     first_frame: u64,
     envelope: &Envelope,
 ) {
+    per_frame(src, dst, channels, first_frame, envelope, apply_f32);
+}
+
+/// Applies each frame's gain from `envelope` with `apply`, frame by frame.
+fn per_frame<T>(
+    src: &[i16],
+    dst: &mut [T],
+    channels: usize,
+    first_frame: u64,
+    envelope: &Envelope,
+    apply: impl Fn(&[i16], &mut [T], f64),
+) {
     for (i, (s, d)) in src
         .chunks_exact(channels)
         .zip(dst.chunks_exact_mut(channels))
         .enumerate()
     {
-        apply_f32(s, d, envelope.at(first_frame + i as u64));
+        apply(s, d, envelope.at(first_frame + i as u64));
     }
 }
 

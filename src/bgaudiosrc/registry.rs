@@ -78,7 +78,7 @@ impl Entry {
         if decoder.is_some() {
             gst::debug!(
                 CAT,
-                id = self.cache.label_for_logs(),
+                id = self.cache.label(),
                 "Complete: shutting its decoder down"
             );
         }
@@ -161,7 +161,7 @@ impl Registry {
                 retained -= slot.entry.cache.byte_size();
                 gst::debug!(
                     CAT,
-                    id = slot.entry.cache.label_for_logs(),
+                    id = slot.entry.cache.label(),
                     "Dropping the retained copy"
                 );
                 out.push(slot.entry);
@@ -282,7 +282,7 @@ fn release(entry: &Arc<Entry>) {
         slot.used = now;
         gst::debug!(
             CAT,
-            id = entry.cache.label_for_logs(),
+            id = entry.cache.label(),
             "Retaining the copy (its last user stopped)"
         );
         reg.evict(budget, &mut dropped);
@@ -290,7 +290,7 @@ fn release(entry: &Arc<Entry>) {
         dropped.extend(reg.slots.remove(key).map(|s| s.entry));
         gst::debug!(
             CAT,
-            id = entry.cache.label_for_logs(),
+            id = entry.cache.label(),
             "Released the copy (its last user stopped)"
         );
     }
