@@ -274,3 +274,61 @@ fn the_loop_settings_work_in_mixing_mode_too() {
     assert!(out.error.is_none(), "{:?}", out.error);
     assert!(out.samples[..RATE / 2] == file[7 * RATE..7 * RATE + RATE / 2]);
 }
+
+/// 1.2 s: 100 ms of silence, 1 s of noise at ±1000..26000 (no two places in it alike), 100 ms
+/// of silence. 48 kHz mono WAV.
+fn padded_noise() -> PathBuf {
+    let path = fixture_dir("loops").join("padded-noise.wav");
+    if !path.exists() {
+        let tmp = path.with_extension("part");
+        let mut seed = 0x2545_f491u32;
+        let mut samples = vec![0i16; 4_800];
+        samples.extend((0..48_000).map(|_| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let level = 1_000 + (seed >> 8) as i32 % 25_000;
+            (if seed & 1 == 0 { level } else { -level }) as i16
+        }));
+        samples.extend(std::iter::repeat_n(0i16, 4_800));
+        write_wav(&tmp, &samples);
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+#[test]
+fn a_seek_lands_where_the_shaped_loop_plays_that_frame() {
+    init();
+    let path = padded_noise();
+    let props = "loop=true trim-silence=true loop-crossfade=200000000 start-position=300000000";
+    let whole = bgaudio(&path, props, &caps(), Some(4 * RATE));
+    assert!(whole.error.is_none(), "{:?}", whole.error);
+    // The first pass plays file frames 14400..43200 (from the start position to the tail less
+    // the crossfade); each later pass, 38400 frames, is a 9600-frame seam and then the rest.
+    let first_pass = 28_800;
+    let period = 38_400;
+    for (frame, what) in [
+        (10_080, "in the first pass"),
+        (first_pass + period + 4_032, "in the second seam"),
+        (first_pass + 2 * period + 20_448, "past the third seam"),
+    ] {
+        let pipeline = pipeline(&format!(
+            "bgaudiosrc location=\"{}\" {props} ! {} ! appsink name=sink",
+            path.display(),
+            caps()
+        ));
+        pipeline.set_state(gst::State::Paused).unwrap();
+        assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
+        let at = gst::ClockTime::from_nseconds(frame as u64 * 1_000_000_000 / RATE as u64);
+        pipeline
+            .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, at)
+            .unwrap();
+        assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
+        let out = collect_pipeline(&pipeline, Some(RATE / 2));
+        assert!(out.error.is_none(), "{:?}", out.error);
+        assert_eq!(out.buffers[0].0, Some(at), "{what}");
+        assert!(
+            out.samples[..RATE / 2] == whole.samples[frame..frame + RATE / 2],
+            "a seek to frame {frame} ({what}) plays what the loop plays there"
+        );
+    }
+}

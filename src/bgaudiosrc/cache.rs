@@ -753,6 +753,9 @@ struct Playhead {
     seam: Option<u64>,
     /// The mixed frames of a seam, as the copy made them for these bounds and length.
     seam_mix: Option<(SeamKey, Arc<[i16]>)>,
+    /// A seek not placed yet: the output frame, and the frame of the file the first pass
+    /// starts at. Placed at the next read, when the bounds of the passes can be known.
+    pending: Option<(u64, u64)>,
 }
 
 /// How a reader plays the passes of a copy that is kept whole (a window over a stream plays
@@ -831,18 +834,18 @@ impl Reader {
         true
     }
 
-    /// Moves to frame `frame` of the file: in a complete copy, or in one still filling (a frame
-    /// not decoded yet is waited for, and a frame past the end reads as the end of the pass).
-    /// Returns false, and stays, in a window.
-    pub fn seek(&mut self, frame: u64) -> bool {
+    /// Moves to what the output plays at its frame `frame`, when the first pass starts at frame
+    /// `first` of the file and each later pass at the head: through the shape's trimmed bounds
+    /// and seams, wrapped into the loop period when looping. Placed at the next read (in a copy
+    /// still filling, once its head is known: past its end the position reads as the end of
+    /// the pass). Returns false, and stays, in a window.
+    pub fn seek_output(&mut self, frame: u64, first: u64) -> bool {
         if self.cache.is_window() {
             return false;
         }
-        self.at.pos = frame;
         self.pass = 0;
         self.at.seam = None;
-        // Counts as read: a seek to the end of a looping file goes on into its next pass.
-        self.at.in_pass = frame;
+        self.at.pending = Some((frame, first));
         true
     }
 
@@ -869,8 +872,15 @@ impl Reader {
                 drop(filling);
                 return self.read(max_frames, deadline, cancelled, visit);
             }
+            let placed = self.at.place_filling(cache, &filling);
             if let Some(slot) = filling.readers.get_mut(id) {
-                *slot = Some((self.at.pos, self.pass));
+                // A seek not placed yet: the decoder must not give way (see
+                // `yields_to_startup`) before the frames it waits for.
+                let wanted = self
+                    .at
+                    .pending
+                    .map_or(self.at.pos, |(frame, first)| first + frame);
+                *slot = Some((wanted, self.pass));
             }
             cache.drop_passed(&mut filling);
             if filling.writer_waiting {
@@ -907,7 +917,10 @@ impl Reader {
                 continue;
             }
             let mut end = pass_end.unwrap_or(filling.frames);
-            if !filling.streaming {
+            if !placed {
+                // Waits for the head to be decoded.
+                end = 0;
+            } else if !filling.streaming {
                 filling.lookahead = filling.lookahead.max(self.at.shape.lookahead());
                 // Not past what a trim or a seam may still take from the end.
                 end = end.saturating_sub(self.at.shape.lookahead());
@@ -975,6 +988,7 @@ impl Reader {
     pub fn share_into(&mut self, max_frames: usize, buffer: &mut gst::BufferRef) -> Option<Read> {
         let cache = &*self.cache;
         let frozen = cache.frozen.get()?;
+        self.at.place_frozen(cache, frozen);
         if self.at.pos >= frozen.frames {
             return Some(Read::PassEnd);
         }
@@ -1000,14 +1014,9 @@ impl Reader {
 impl Playhead {
     /// Reads a complete copy as the shape says: within the trimmed bounds, and through the
     /// crossfade at a seam.
-    fn read_shaped(
-        &mut self,
-        cache: &PcmCache,
-        frozen: &Frozen,
-        max_frames: usize,
-        visit: &mut impl FnMut(&[i16]),
-    ) -> Read {
-        let (head, tail) = match self.shape.trim {
+    /// The frames a pass plays, `head..tail`, for this shape (looked up once per threshold).
+    fn bounds(&mut self, cache: &PcmCache, frozen: &Frozen) -> (u64, u64) {
+        match self.shape.trim {
             Some(threshold) => {
                 let key = (threshold, self.shape.max_trim);
                 match self.bounds {
@@ -1020,12 +1029,99 @@ impl Playhead {
                 }
             }
             None => (0, frozen.frames),
-        };
-        let crossfade = if self.shape.looping {
+        }
+    }
+
+    /// The frames a seam overlaps, for passes playing `head..tail`.
+    fn crossfade(&self, head: u64, tail: u64) -> u64 {
+        if self.shape.looping {
             self.shape.crossfade.min((tail - head) / 2)
         } else {
             0
+        }
+    }
+
+    /// Places a pending seek (see `Reader::seek_output`) in a complete copy. The first pass
+    /// plays from the later of `first` and the head to the end of the pass (the tail, less the
+    /// crossfade when looping); each later pass is a seam then the rest of the pass, a period
+    /// of the pass's length less the crossfade.
+    fn place_frozen(&mut self, cache: &PcmCache, frozen: &Frozen) {
+        let Some((frame, first)) = self.pending.take() else {
+            return;
         };
+        let (head, tail) = self.bounds(cache, frozen);
+        let crossfade = self.crossfade(head, tail);
+        let end = tail - crossfade;
+        let from = head.max(first);
+        let first_pass = end.saturating_sub(from);
+        self.seam = None;
+        if frame < first_pass {
+            self.pos = from + frame;
+            self.in_pass = frame;
+            return;
+        }
+        let period = end - head;
+        if !self.shape.looping || period == 0 {
+            // Past the end: the pass ends (and loops, from a complete pass, when looping).
+            self.pos = end;
+            self.in_pass = frame.max(1);
+            return;
+        }
+        let into = (frame - first_pass) % period;
+        if into < crossfade {
+            self.seam = Some(into);
+            self.pos = end;
+        } else {
+            self.pos = head + into;
+        }
+        self.in_pass = into;
+    }
+
+    /// Places a pending seek in a copy still filling, once the frame it lands on is decoded
+    /// (past the head, which needs the first `max_trim` frames when trimming). Until then it
+    /// returns false and the reader waits: for those frames, or for the copy to complete, when
+    /// `place_frozen` places it (wrapped into the loop if it is past the end).
+    fn place_filling(&mut self, cache: &PcmCache, filling: &Filling) -> bool {
+        let Some((frame, first)) = self.pending else {
+            return true;
+        };
+        // A window plays the stream as it is; a copy that ended or failed places it as it can.
+        let waits = !filling.streaming
+            && filling.ended.is_none()
+            && matches!(filling.status, Status::Filling);
+        let head = match self.shape.trim {
+            Some(threshold) if !filling.streaming => {
+                let max_trim = self.shape.max_trim;
+                if waits && filling.frames < max_trim {
+                    return false;
+                }
+                cache
+                    .first_loud_filling(filling, threshold, max_trim.min(filling.frames))
+                    .unwrap_or(max_trim)
+            }
+            _ => 0,
+        };
+        let pos = head.max(first) + frame;
+        if waits && pos >= filling.frames {
+            return false;
+        }
+        self.pending = None;
+        self.seam = None;
+        self.pos = pos;
+        self.in_pass = frame;
+        true
+    }
+
+    fn read_shaped(
+        &mut self,
+        cache: &PcmCache,
+        frozen: &Frozen,
+        max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> Read {
+        self.place_frozen(cache, frozen);
+        let (head, tail) = self.bounds(cache, frozen);
+        let crossfade = self.crossfade(head, tail);
         if let Some(done) = self.seam {
             if done >= crossfade {
                 self.seam = None;
@@ -1212,6 +1308,37 @@ mod tests {
         cancel.store(true, Ordering::SeqCst);
         cache.wake();
         assert_eq!(waiting.join().unwrap(), Err(ReadError::Cancelled));
+    }
+
+    #[test]
+    fn a_seek_waits_for_its_frame_and_lands_past_a_trimmed_head() {
+        gst::init().unwrap();
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let mut reader = cache.reader().unwrap();
+        reader.set_shape(Shape {
+            trim: Some(0),
+            max_trim: 100,
+            crossfade: 0,
+            looping: true,
+        });
+        let soon = || Some(Instant::now() + Duration::from_millis(10));
+        // 50 silent frames: the head is not known before 100 frames are decoded.
+        cache.push_bytes(&[0u8; 100]);
+        assert!(reader.seek_output(200, 0));
+        assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
+        // Then a ramp from 1: frame 50 + k holds k + 1.
+        cache.push_bytes(&ramp(1000, 1, 1));
+        assert_eq!(
+            collect(&mut reader, 5),
+            (Read::Frames(5), expect(201, 5, 1))
+        );
+
+        // Past what is decoded: it waits, and once the copy is complete (1000 frames from the
+        // head) it wraps into the loop.
+        assert!(reader.seek_output(5_003, 0));
+        assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
+        assert!(!cache.end_pass());
+        assert_eq!(collect(&mut reader, 5), (Read::Frames(5), expect(4, 5, 1)));
     }
 
     #[test]

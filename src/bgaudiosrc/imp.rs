@@ -141,6 +141,8 @@ pub(super) struct Running {
     pub(super) sample_offset: u64,
     /// The output frame the segment stops at (a seek's stop position).
     pub(super) stop: Option<u64>,
+    /// The frame of the file the first pass starts at (`start-position`, `random-start`).
+    pub(super) first_from: u64,
     /// The generation of the copy's tags last sent downstream (0: none yet).
     pub(super) tags_sent: u64,
     /// Gain per output frame: volume ramps and fades. Made at the first buffer.
@@ -887,14 +889,14 @@ impl BaseSrcImpl for BgAudioSrc {
             frames_per_buffer,
             sample_offset: 0,
             stop: None,
+            first_from: 0,
             tags_sent: 0,
             envelope: None,
             timestamp_offset: None,
         }));
+        self.start_first_pass(&settings, rate);
         if let Some((start, stop)) = seek {
             self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)));
-        } else {
-            self.start_first_pass(&settings, rate);
         }
         self.obj()
             .set_blocksize((frames_per_buffer as u32).saturating_mul(bpf));
@@ -1284,7 +1286,13 @@ impl BgAudioSrc {
             }
         };
         let mut reader = self.reader();
-        let moved = reader.as_mut().is_some_and(|r| r.seek(frame));
+        let moved = reader.as_mut().is_some_and(|r| r.seek_output(0, frame));
+        drop(reader);
+        if moved {
+            if let State::Running(running) = &mut *self.state() {
+                running.first_from = frame;
+            }
+        }
         gst::info!(
             CAT,
             imp = self,
@@ -1299,23 +1307,20 @@ impl BgAudioSrc {
     }
 
     /// Moves playout to output frame `frame` (its timestamps follow from it) and the reader to
-    /// the same frame of the file, wrapped into it when looping; the segment ends at `stop`. A
-    /// reader let go at EOS is made again, so a seek after EOS plays again.
+    /// what the output plays at that frame: from where the first pass started, through the
+    /// trimmed bounds and seams of later passes when looping (see `Reader::seek_output`); the
+    /// segment ends at `stop`. A reader let go at EOS is made again, so a seek after EOS plays
+    /// again.
     fn seek_to(&self, frame: u64, stop: Option<u64>) -> bool {
-        let do_loop = self.settings().do_loop;
-        let cache = match &*self.state() {
-            State::Running(running) => running.lease.entry().cache.clone(),
+        let (cache, first) = match &*self.state() {
+            State::Running(running) => (running.lease.entry().cache.clone(), running.first_from),
             _ => return false,
-        };
-        let in_file = match cache.complete_frames() {
-            Some(length) if do_loop && length > 0 => frame % length,
-            _ => frame,
         };
         let mut reader = self.reader();
         if reader.is_none() {
             *reader = cache.reader();
         }
-        if !reader.as_mut().is_some_and(|r| r.seek(in_file)) {
+        if !reader.as_mut().is_some_and(|r| r.seek_output(frame, first)) {
             gst::debug!(CAT, imp = self, "Cannot seek in a window over the stream");
             return false;
         }
@@ -1329,9 +1334,9 @@ impl BgAudioSrc {
         gst::debug!(
             CAT,
             imp = self,
-            "Playing from frame {} (frame {} of the file) to {:?}",
+            "Playing from output frame {} (the first pass from frame {} of the file) to {:?}",
             frame,
-            in_file,
+            first,
             stop
         );
         true
