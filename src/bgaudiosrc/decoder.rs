@@ -23,9 +23,11 @@ use gst::prelude::*;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use super::autoplug::Plugger;
 use super::cache::PcmCache;
 use super::CAT;
 
@@ -181,6 +183,18 @@ impl Shared {
         }
     }
 
+    /// The decode chain could not be built (an element missing or refusing to link).
+    pub(super) fn fail_to_build(&self, err: glib::BoolError) {
+        self.on_error(gst::error_msg!(
+            gst::CoreError::MissingPlugin,
+            (
+                "Cannot build the decode chain for '{}': {}",
+                self.location,
+                err
+            )
+        ));
+    }
+
     fn on_error(&self, err: gst::ErrorMessage) {
         let mut probe = self.lock();
         if let Some(cache) = probe.cache.clone() {
@@ -300,7 +314,7 @@ impl Shared {
 /// uridecodebin and decodebin builds and sorts the registry's factory list for itself and
 /// intersects the caps with each factory's templates: the largest part of starting a chain.
 /// The answers are dropped whenever the registry's feature list changes.
-fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
+pub(super) fn decodable_list(caps: &gst::Caps) -> Arc<Vec<gst::ElementFactory>> {
     #[derive(Default)]
     struct Factories {
         cookie: Option<u32>,
@@ -310,9 +324,6 @@ fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
     static FACTORIES: LazyLock<Mutex<Factories>> = LazyLock::new(Default::default);
     const MAX_CAPS: usize = 256;
 
-    let Some(caps) = caps else {
-        return glib::ValueArray::new(std::iter::empty::<gst::ElementFactory>());
-    };
     let cookie = gst::Registry::get().feature_list_cookie();
     let key = caps.to_string();
     let lock = || FACTORIES.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,7 +353,7 @@ fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
     }
     let factories = lock();
     if let Some(list) = factories.by_caps.get(&key) {
-        return glib::ValueArray::new(list.iter());
+        return list.clone();
     }
     let all = factories.all.clone();
     drop(factories);
@@ -365,8 +376,14 @@ fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
         factories.by_caps.clear();
     }
     factories.by_caps.insert(key, list.clone());
-    drop(factories);
-    glib::ValueArray::new(list.iter())
+    list
+}
+
+fn decodable_factories(caps: Option<&gst::Caps>) -> glib::ValueArray {
+    match caps {
+        Some(caps) => glib::ValueArray::new(decodable_list(caps).iter()),
+        None => glib::ValueArray::new(std::iter::empty::<gst::ElementFactory>()),
+    }
 }
 
 /// The running decode chain for one file. Dropping it shuts the private pipeline down.
@@ -434,6 +451,8 @@ pub struct Decoder {
     /// Set once the chain is shut down, under its lock, so that a state change still queued
     /// from `start` does not run after it.
     control: Arc<Mutex<bool>>,
+    /// Set when shutting down: elements plugged from then on stop themselves (see `autoplug`).
+    closing: Arc<AtomicBool>,
 }
 
 impl Decoder {
@@ -527,29 +546,19 @@ impl Decoder {
         let pipeline = gst::Pipeline::builder()
             .name(format!("bgaudiosrc-decoder:{}", shared.location))
             .build();
-        let (input, source) = match file {
-            Some(path) => {
-                let filesrc = gst::ElementFactory::make("filesrc")
-                    .property("location", path.to_string_lossy().as_ref())
-                    .build()?;
-                let decodebin = gst::ElementFactory::make("decodebin").build()?;
-                pipeline.add(&filesrc)?;
-                (Some(filesrc), decodebin)
-            }
-            None => (
-                None,
-                gst::ElementFactory::make("uridecodebin")
-                    .property("uri", uri)
-                    .build()?,
-            ),
+        // decodebin, or uridecodebin for anything but a local file, set up alike: they stop at
+        // raw audio and leave other streams alone; their factory lists are worked out once per
+        // process (`decodable_factories`).
+        let setup = |bin: gst::Element| {
+            bin.set_property("caps", gst::Caps::builder("audio/x-raw").build());
+            // Streams that are not audio are neither decoded nor exposed.
+            bin.set_property("expose-all-streams", false);
+            bin.connect("autoplug-factories", false, |args| {
+                let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+                Some(decodable_factories(caps.as_ref()).to_value())
+            });
+            bin
         };
-        source.set_property("caps", gst::Caps::builder("audio/x-raw").build());
-        // Streams that are not audio are neither decoded nor exposed.
-        source.set_property("expose-all-streams", false);
-        source.connect("autoplug-factories", false, |args| {
-            let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
-            Some(decodable_factories(caps.as_ref()).to_value())
-        });
         // No dither: the cache is replayed many times, so a deterministic conversion (the same
         // samples on every run and in every instance) matters more than shaping the rounding noise
         // of float decoders once.
@@ -570,17 +579,8 @@ impl Decoder {
             .sync(false)
             .build();
 
-        pipeline.add_many([
-            &source,
-            &convert,
-            &resample,
-            &capsfilter,
-            appsink.upcast_ref(),
-        ])?;
+        pipeline.add_many([&convert, &resample, &capsfilter, appsink.upcast_ref()])?;
         gst::Element::link_many([&convert, &resample, &capsfilter, appsink.upcast_ref()])?;
-        if let Some(input) = &input {
-            input.link(&source)?;
-        }
 
         // Hold decoded data back until the output format is known (see `start_output`); caps
         // and other events still pass, so the native format can be read off the pad.
@@ -633,9 +633,10 @@ impl Decoder {
             gst::PadProbeReturn::Ok
         });
 
+        // A raw audio pad, from whichever element decoded it, goes on to audioconvert.
         let weak_shared: Weak<Shared> = Arc::downgrade(shared);
         let convert_sink_weak = convert_sink.downgrade();
-        source.connect_pad_added(move |_, pad| {
+        let expose = Arc::new(move |pad: &gst::Pad| {
             let (Some(shared), Some(sink)) = (weak_shared.upgrade(), convert_sink_weak.upgrade())
             else {
                 return;
@@ -668,6 +669,55 @@ impl Decoder {
             }
             shared.on_native_format(native);
         });
+        let expose_cb = expose.clone();
+        let decodebin = move |bin: gst::Element| {
+            let expose = expose_cb.clone();
+            bin.connect_pad_added(move |_, pad| expose(pad));
+            setup(bin)
+        };
+
+        let closing = Arc::new(AtomicBool::new(false));
+        match file {
+            Some(path) => {
+                // A local file: plugged here where the chain is a line (see `autoplug`).
+                let filesrc = gst::ElementFactory::make("filesrc")
+                    .property("location", path.to_string_lossy().as_ref())
+                    .build()?;
+                let typefind = gst::ElementFactory::make("typefind").build()?;
+                pipeline.add_many([&filesrc, &typefind])?;
+                filesrc.link(&typefind)?;
+                let expose = expose.clone();
+                let plugger = Arc::new(Plugger {
+                    pipeline: pipeline.downgrade(),
+                    closing: closing.clone(),
+                    shared: Arc::downgrade(shared),
+                    expose: Box::new(move |pad| expose(pad)),
+                    decodebin: Box::new(move || {
+                        gst::ElementFactory::make("decodebin")
+                            .build()
+                            .map(&decodebin)
+                    }),
+                });
+                typefind.connect("have-type", false, move |args| {
+                    let typefind = args.first().and_then(|v| v.get::<gst::Element>().ok());
+                    let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+                    if let (Some(src), Some(caps)) =
+                        (typefind.and_then(|t| t.static_pad("src")), caps)
+                    {
+                        plugger.plug(&src, &caps, &[]);
+                    }
+                    None
+                });
+            }
+            None => {
+                let source = decodebin(
+                    gst::ElementFactory::make("uridecodebin")
+                        .property("uri", uri)
+                        .build()?,
+                );
+                pipeline.add(&source)?;
+            }
+        }
 
         let weak_shared = Arc::downgrade(shared);
         let weak_eos = Arc::downgrade(shared);
@@ -737,6 +787,7 @@ impl Decoder {
             shared: shared.clone(),
             block: Some((convert_sink, block)),
             control: Arc::new(Mutex::new(false)),
+            closing,
         })
     }
 
@@ -799,10 +850,17 @@ impl Decoder {
         // rather than hold the element's own state change.
         let (done, finished) = std::sync::mpsc::channel();
         let control = self.control.clone();
+        self.closing.store(true, Ordering::SeqCst);
         self.pipeline.call_async(move |pipeline| {
             let mut shut = lock(&control);
             *shut = true;
             let _ = pipeline.set_state(gst::State::Null);
+            // The elements plugged while it ran keep their own state (see `autoplug`).
+            for element in pipeline.children() {
+                if element.is_locked_state() {
+                    let _ = element.set_state(gst::State::Null);
+                }
+            }
             drop(shut);
             let _ = done.send(());
         });

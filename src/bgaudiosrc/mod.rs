@@ -8,6 +8,7 @@ use gst::prelude::*;
 
 use std::sync::LazyLock;
 
+mod autoplug;
 mod cache;
 mod decoder;
 mod gain;
