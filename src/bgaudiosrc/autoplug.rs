@@ -19,7 +19,7 @@ use gst::glib;
 use gst::prelude::*;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::decoder::{decodable_list, Shared};
 use super::CAT;
@@ -31,8 +31,9 @@ const MAX_DEPTH: usize = 8;
 /// to do with a raw audio pad and with a pad handed to decodebin.
 pub(super) struct Plugger {
     pub pipeline: glib::WeakRef<gst::Pipeline>,
-    /// The chain is shutting down (see `start`).
-    pub closing: Arc<AtomicBool>,
+    /// The chain is shutting down: held while plugging, so `Decoder::shutdown` (which sets it)
+    /// either waits for a plugging under way or stops the next one.
+    pub closing: Arc<Mutex<bool>>,
     pub shared: Weak<Shared>,
     /// Links a raw audio pad to the rest of the chain.
     pub expose: Box<dyn Fn(&gst::Pad) + Send + Sync>,
@@ -87,18 +88,36 @@ impl Plugger {
     /// may reach the new element too. Starting it makes it pull through typefind, which stops
     /// typefind's task and waits for it, while that task (plugging, here) waits for the element's
     /// state lock: a deadlock, seen in about one run in ten of 50 files started at once under
-    /// load. An element
-    /// the pipeline never starts cannot race: PAUSED is all a parser or decoder needs, and
-    /// `Decoder::shutdown` takes locked elements to NULL after the pipeline.
+    /// load. An element the pipeline never starts cannot race: PAUSED is all a parser or decoder
+    /// needs, and `Decoder::shutdown` takes locked elements to NULL after the pipeline.
     fn start(&self, element: &gst::Element) -> Result<(), glib::BoolError> {
         element
             .set_state(gst::State::Paused)
-            .map_err(|_| glib::bool_error!("{} cannot start", element.name()))?;
-        // Plugged while the chain shut down, maybe after its last look at its elements.
-        if self.closing.load(Ordering::SeqCst) {
-            let _ = element.set_state(gst::State::Null);
+            .map(|_| ())
+            .map_err(|_| glib::bool_error!("{} cannot start", element.name()))
+    }
+
+    /// Adds `element` to the chain, unless it is shutting down; `attach` links and starts it.
+    /// Under the `closing` lock: the shutdown's sweep sees every element added.
+    fn add(
+        &self,
+        element: &gst::Element,
+        attach: impl FnOnce(&gst::Pipeline) -> Result<(), glib::BoolError>,
+    ) -> Result<(), glib::BoolError> {
+        let closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+        if *closing {
+            return Err(glib::bool_error!("the decode chain is shutting down"));
         }
-        Ok(())
+        let pipeline = self
+            .pipeline
+            .upgrade()
+            .ok_or_else(|| glib::bool_error!("decode chain gone"))?;
+        element.set_locked_state(true);
+        pipeline.add(element)?;
+        attach(&pipeline).inspect_err(|_| {
+            let _ = element.set_state(gst::State::Null);
+            let _ = pipeline.remove(element);
+        })
     }
 
     /// Plugs `pad`, which shows `caps`; `chain` are the factories plugged before it.
@@ -140,10 +159,6 @@ impl Plugger {
         factory: &gst::ElementFactory,
         chain: &[gst::ElementFactory],
     ) -> Result<(), glib::BoolError> {
-        let pipeline = self
-            .pipeline
-            .upgrade()
-            .ok_or_else(|| glib::bool_error!("decode chain gone"))?;
         let element = factory.create().build()?;
         let sink = element
             .sink_pads()
@@ -154,45 +169,37 @@ impl Plugger {
         if !sink.query_accept_caps(caps) {
             return Err(glib::bool_error!("does not accept {}", caps));
         }
-        // Its state is set here, never by the pipeline's state changes (see `start`).
-        element.set_locked_state(true);
-        pipeline.add(&element)?;
-        let discard = |err: glib::BoolError| {
-            let _ = element.set_state(gst::State::Null);
-            let _ = pipeline.remove(&element);
-            err
-        };
-        if let Err(err) = pad.link(&sink) {
-            return Err(discard(glib::bool_error!("cannot link: {:?}", err)));
-        }
         let mut chain = chain.to_vec();
         chain.push(factory.clone());
         let chain: Arc<[gst::ElementFactory]> = chain.into();
-        match element.src_pads().into_iter().next() {
-            Some(src) => self.follow(&src, chain),
-            None => {
-                // Added once the element knows what it holds (a tag or container header).
-                let this = Arc::downgrade(self);
-                element.connect_pad_added(move |_, src| {
-                    if let (Some(this), gst::PadDirection::Src) = (this.upgrade(), src.direction())
-                    {
-                        this.follow(src, chain.clone());
-                    }
-                });
+        self.add(&element, |pipeline| {
+            pad.link(&sink)
+                .map_err(|err| glib::bool_error!("cannot link: {:?}", err))?;
+            match element.src_pads().into_iter().next() {
+                Some(src) => self.follow(&src, chain),
+                None => {
+                    // Added once the element knows what it holds (a tag or container header).
+                    let this = Arc::downgrade(self);
+                    element.connect_pad_added(move |_, src| {
+                        if let (Some(this), gst::PadDirection::Src) =
+                            (this.upgrade(), src.direction())
+                        {
+                            this.follow(src, chain.clone());
+                        }
+                    });
+                }
             }
-        }
-        gst::debug!(
-            CAT,
-            obj = pipeline,
-            "Plugged {} for {}",
-            factory.name(),
-            caps
-        );
-        if self.start(&element).is_err() {
-            let _ = pad.unlink(&sink);
-            return Err(discard(glib::bool_error!("cannot start")));
-        }
-        Ok(())
+            gst::debug!(
+                CAT,
+                obj = pipeline,
+                "Plugged {} for {}",
+                factory.name(),
+                caps
+            );
+            self.start(&element).inspect_err(|_| {
+                let _ = pad.unlink(&sink);
+            })
+        })
     }
 
     /// Plugs `src` once it shows its caps (the first ones; later changes go down the line).
@@ -219,22 +226,20 @@ impl Plugger {
 
     /// Hands `pad` to a decodebin, which plugs the rest as the stock chain does.
     fn hand_over(&self, pad: &gst::Pad, caps: &gst::Caps) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            return;
-        };
-        gst::debug!(CAT, obj = pipeline, "Handing {} over to decodebin", caps);
+        gst::debug!(CAT, obj = pad, "Handing {} over to decodebin", caps);
         let linked = (self.decodebin)().and_then(|decodebin| {
-            decodebin.set_locked_state(true);
-            pipeline.add(&decodebin)?;
-            let sink = decodebin
-                .static_pad("sink")
-                .ok_or_else(|| glib::bool_error!("decodebin has no sink pad"))?;
-            pad.link(&sink)
-                .map_err(|err| glib::bool_error!("cannot link decodebin: {:?}", err))?;
-            self.start(&decodebin)
+            self.add(&decodebin, |_| {
+                let sink = decodebin
+                    .static_pad("sink")
+                    .ok_or_else(|| glib::bool_error!("decodebin has no sink pad"))?;
+                pad.link(&sink)
+                    .map_err(|err| glib::bool_error!("cannot link decodebin: {:?}", err))?;
+                self.start(&decodebin)
+            })
         });
         if let Err(err) = linked {
-            if let Some(shared) = self.shared.upgrade() {
+            let closing = *self.closing.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(shared), false) = (self.shared.upgrade(), closing) {
                 shared.fail_to_build(err);
             }
         }

@@ -23,7 +23,6 @@ use gst::prelude::*;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -451,8 +450,9 @@ pub struct Decoder {
     /// Set once the chain is shut down, under its lock, so that a state change still queued
     /// from `start` does not run after it.
     control: Arc<Mutex<bool>>,
-    /// Set when shutting down: elements plugged from then on stop themselves (see `autoplug`).
-    closing: Arc<AtomicBool>,
+    /// Set when shutting down, under the lock plugging holds (see `autoplug`): nothing is
+    /// plugged from then on.
+    closing: Arc<Mutex<bool>>,
 }
 
 impl Decoder {
@@ -577,6 +577,11 @@ impl Decoder {
                     .build(),
             )
             .sync(false)
+            // No preroll: the chain reaches PLAYING at once, so the first decoded samples go
+            // straight into the cache instead of waiting for the pipeline to finish going to
+            // PAUSED (ASYNC_DONE) and then to PLAYING.
+            .async_(false)
+            .enable_last_sample(false)
             .build();
 
         pipeline.add_many([&convert, &resample, &capsfilter, appsink.upcast_ref()])?;
@@ -676,7 +681,7 @@ impl Decoder {
             setup(bin)
         };
 
-        let closing = Arc::new(AtomicBool::new(false));
+        let closing = Arc::new(Mutex::new(false));
         match file {
             Some(path) => {
                 // A local file: plugged here where the chain is a line (see `autoplug`).
@@ -850,7 +855,8 @@ impl Decoder {
         // rather than hold the element's own state change.
         let (done, finished) = std::sync::mpsc::channel();
         let control = self.control.clone();
-        self.closing.store(true, Ordering::SeqCst);
+        // Waits for a plugging under way, whose element the sweep below then finds.
+        *lock(&self.closing) = true;
         self.pipeline.call_async(move |pipeline| {
             let mut shut = lock(&control);
             *shut = true;
