@@ -27,6 +27,9 @@
 //!   from the pipeline's set_state(PLAYING) to each branch's first buffer at its sink: bgaudiosrc
 //!   against the stock chain (`uridecodebin ! audioconvert ! audioresample ! caps ! fakesink`),
 //!   each in a fresh process on fresh copies, so no file is known to either before it starts.
+//!   Run 5 times for each chain, in turn; the medians of the runs are reported.
+//! - `start-one`: 30 distinct copies of the 5 s MP3 started one after another, each in a
+//!   pipeline of its own: CPU time and time from set_state(PLAYING) to its first buffer.
 //! - `replay`: the 3-minute MP3 played for 3 s, stopped, and played again: CPU of each play.
 
 use gst::prelude::*;
@@ -47,7 +50,7 @@ fn main() -> Result<(), Error> {
         Some("scenario") => scenario(&args[1..]),
         Some("quick") => run_all(true),
         // Sections on their own: the start-up rows and the replay row.
-        Some("startup") => start_up(50),
+        Some("startup") => start_up(50, 5),
         Some("replay") => replay(),
         None => run_all(false),
         Some(other) => Err(format!("unknown argument {other:?}").into()),
@@ -484,6 +487,56 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 ms(cpu)
             );
         }
+        "start-one" => {
+            let (kind, n): (String, usize) = (arg(1), arg(2).parse()?);
+            let mp3 = long_mp3()?;
+            warm_up(&mp3)?;
+            // Three more than measured: the first start-ups of each chain load its plugins.
+            let files = distinct_mp3s(n + 3)?;
+            let (mut cpus, mut walls) = (Vec::new(), Vec::new());
+            for (i, f) in files.iter().enumerate() {
+                let source = match kind.as_str() {
+                    "bgaudiosrc" => format!("bgaudiosrc location={}", f.display()),
+                    "stock" => format!(
+                        "uridecodebin uri={} ! audioconvert ! audioresample",
+                        gst::glib::filename_to_uri(f, None)?
+                    ),
+                    other => return Err(format!("unknown chain {other}").into()),
+                };
+                let pipeline = gst::parse::launch(&format!(
+                    "{source} ! {CAPS} ! fakesink name=sink sync=true"
+                ))?
+                .downcast::<gst::Bin>()
+                .map_err(|_| "not a bin")?;
+                let pad = pipeline
+                    .by_name("sink")
+                    .and_then(|s| s.static_pad("sink"))
+                    .ok_or("no sink pad")?;
+                let (tx, rx) = std::sync::mpsc::channel();
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    let _ = tx.send((Instant::now(), precise_cpu_time()));
+                    gst::PadProbeReturn::Remove
+                });
+                let (cpu0, started) = (precise_cpu_time(), Instant::now());
+                pipeline.set_state(gst::State::Playing)?;
+                let (first, cpu) = rx.recv_timeout(Duration::from_secs(10))?;
+                pipeline.set_state(gst::State::Null)?;
+                if i >= 3 {
+                    cpus.push((cpu - cpu0).as_secs_f64() * 1e3);
+                    walls.push((first - started).as_secs_f64() * 1e3);
+                }
+                // Whatever the last one left running settles before the next.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some(dir) = files.first().and_then(|f| f.parent()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            println!("cpu_ms={:.3} wall_ms={:.3}", median(cpus), median(walls));
+        }
         "replay" => {
             let mp3 = long_mp3()?;
             warm_up(&mp3)?;
@@ -644,34 +697,61 @@ fn run_all(quick: bool) -> Result<(), Error> {
     }
     println!();
 
-    start_up(if quick { 20 } else { 50 })?;
+    start_up(if quick { 20 } else { 50 }, if quick { 3 } else { 5 })?;
     println!();
     replay()
 }
 
-fn start_up(distinct: usize) -> Result<(), Error> {
-    println!(
-        "5. Start-up, {distinct} branches on {distinct} distinct 5 s MP3s in one pipeline, \
-         set_state(PLAYING) to each branch's first buffer"
-    );
-    println!(
-        "| chain | median ms | max ms | set_state returned after ms | CPU ms until the last |"
-    );
-    println!("|---|---|---|---|---|");
-    for (name, kind) in [
+fn start_up(distinct: usize, rounds: usize) -> Result<(), Error> {
+    let chains = [
         ("bgaudiosrc", "bgaudiosrc"),
         (
             "uridecodebin ! audioconvert ! audioresample (stock)",
             "stock",
         ),
-    ] {
-        let f = child(&["start-distinct", kind, &distinct.to_string()])?;
+    ];
+    println!(
+        "5. Start-up, {distinct} branches on {distinct} distinct 5 s MP3s in one pipeline, \
+         set_state(PLAYING) to each branch's first buffer; medians of {rounds} runs of each \
+         chain, taken in turn"
+    );
+    println!(
+        "| chain | median ms | max ms | set_state returned after ms | CPU ms until the last |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut runs: Vec<Vec<Vec<(String, f64)>>> = vec![Vec::new(); chains.len()];
+    for _ in 0..rounds {
+        for (i, (_, kind)) in chains.iter().enumerate() {
+            runs[i].push(child(&["start-distinct", kind, &distinct.to_string()])?);
+        }
+    }
+    let median_of = |figures: &[Vec<(String, f64)>], key: &str| {
+        let mut v: Vec<f64> = figures.iter().map(|f| get(f, key)).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    for ((name, _), figures) in chains.iter().zip(&runs) {
         println!(
             "| {name} | {:.1} | {:.1} | {:.1} | {:.0} |",
-            get(&f, "median_ms"),
-            get(&f, "max_ms"),
-            get(&f, "set_state_ms"),
-            get(&f, "cpu_ms")
+            median_of(figures, "median_ms"),
+            median_of(figures, "max_ms"),
+            median_of(figures, "set_state_ms"),
+            median_of(figures, "cpu_ms")
+        );
+    }
+    println!();
+    println!(
+        "5b. One start-up at a time: 30 distinct 5 s MP3s, each in a pipeline of its own started \
+         after the last one stopped; medians"
+    );
+    println!("| chain | CPU ms until the first buffer | ms until the first buffer |");
+    println!("|---|---|---|");
+    for (name, kind) in chains {
+        let f = child(&["start-one", kind, "30"])?;
+        println!(
+            "| {name} | {:.2} | {:.2} |",
+            get(&f, "cpu_ms"),
+            get(&f, "wall_ms")
         );
     }
     Ok(())
