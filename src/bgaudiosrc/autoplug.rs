@@ -11,9 +11,11 @@
 //! decoder; a stream that is not audio) is handed to a `decodebin` at the pad where the line
 //! ends, which goes on exactly as before and reports what it finds missing.
 //!
-//! Why: decodebin costs about three times as much CPU to start as the elements it plugs
-//! (measured on 50 MP3s started together: about 90 ms against 30), and starting many elements
-//! at once is bounded by that CPU.
+//! Why: starting many elements at once is bounded by the CPU each start-up takes, and decodebin's
+//! own share of it (its bin, its typefind and autoplugging, their signals) was about an eighth:
+//! one MP3 start-up at a time measured 1.6–1.7 ms of CPU to the first buffer with this instead
+//! of 1.8–2.0 ms through `filesrc ! decodebin`, alternating (`examples/zz_single`, not kept; the
+//! bench's `start-one` row measures the same since).
 
 use gst::glib;
 use gst::prelude::*;
