@@ -386,3 +386,42 @@ fn a_stream_that_switches_to_unpositioned_channels_plays_on() {
     let peak = second.iter().map(|s| s.unsigned_abs()).max().unwrap();
     assert!(peak > 20_000, "peak {peak}");
 }
+
+#[test]
+fn a_downstream_pool_of_too_small_buffers_is_passed_over() {
+    init();
+    let path = stereo_vorbis();
+    let desc = format!(
+        "bgaudiosrc location=\"{}\" volume=0.5 ! {} ! appsink name=sink",
+        path.display(),
+        s16(",rate=48000,channels=2")
+    );
+    let normal = collect(&desc, Some(20_000));
+
+    // The sink proposes a pool of 64-byte buffers, which GstBaseSrc takes as it is.
+    let pipeline = pipeline(&desc);
+    let proposed = Arc::new(Mutex::new(0usize));
+    let counted = proposed.clone();
+    let sink_pad = pipeline
+        .by_name("sink")
+        .and_then(|s| s.static_pad("sink"))
+        .unwrap();
+    sink_pad.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Query(query)) = &mut info.data {
+            if let gst::QueryViewMut::Allocation(q) = query.view_mut() {
+                let pool = gst::BufferPool::new();
+                q.add_allocation_pool(Some(&pool), 64, 2, 0);
+                *counted.lock().unwrap() += 1;
+                return gst::PadProbeReturn::Handled;
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let small = collect_pipeline(&pipeline, Some(20_000));
+    assert!(*proposed.lock().unwrap() >= 1, "the pool was proposed");
+    assert!(small.error.is_none(), "{:?}", small.error);
+    // Whole 20 ms buffers, the same samples as with the element's own pool.
+    assert!(small.buffers.iter().all(|b| b.4 == 960));
+    assert_eq!(small.samples.len(), normal.samples.len());
+    assert!(small.samples == normal.samples);
+}

@@ -362,3 +362,75 @@ fn position_and_convert_answer_from_the_sample_counter() {
     );
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn a_non_flushing_seek_plays_on_from_the_new_position() {
+    init();
+    let path = twelve_seconds();
+    let reference = reference(&path, &caps());
+    // Two buffers in the sink at most: the stream is still near its start at the seek.
+    let pipeline = pipeline(&format!(
+        "bgaudiosrc location=\"{}\" ! {} ! appsink name=sink sync=false max-buffers=2",
+        path.display(),
+        caps()
+    ));
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // (first PTS, segment start, samples) of each buffer.
+    let mut buffers = Vec::new();
+    let mut seeker = None;
+    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(5)) {
+        let buffer = sample.buffer().unwrap();
+        let start = sample
+            .segment()
+            .and_then(|s| s.downcast_ref::<gst::ClockTime>().and_then(|s| s.start()));
+        let samples: Vec<i16> = buffer
+            .map_readable()
+            .unwrap()
+            .chunks_exact(2)
+            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+            .collect();
+        buffers.push((buffer.pts(), start, samples));
+        if buffers.len() == 5 {
+            // From another thread: a non-flushing seek waits for the streaming thread, which
+            // waits for this one to pull.
+            let pipeline = pipeline.clone();
+            seeker = Some(std::thread::spawn(move || {
+                pipeline.seek(
+                    1.0,
+                    gst::SeekFlags::ACCURATE,
+                    gst::SeekType::Set,
+                    gst::ClockTime::from_seconds(10),
+                    gst::SeekType::Set,
+                    gst::ClockTime::from_mseconds(10_500),
+                )
+            }));
+        }
+    }
+    assert!(sink.is_eos());
+    assert!(seeker.unwrap().join().unwrap().is_ok());
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    // Played from the start, then from the seek's position in a new segment, to its stop.
+    let seeked = buffers
+        .iter()
+        .position(|(_, start, _)| *start == Some(gst::ClockTime::from_seconds(10)))
+        .expect("a segment from 10 s");
+    assert_eq!(buffers[seeked].0, Some(gst::ClockTime::from_seconds(10)));
+    let before: Vec<i16> = buffers[..seeked]
+        .iter()
+        .flat_map(|(_, _, s)| s.clone())
+        .collect();
+    let after: Vec<i16> = buffers[seeked..]
+        .iter()
+        .flat_map(|(_, _, s)| s.clone())
+        .collect();
+    assert!(before.len() >= 5 * 960 * 2);
+    assert!(before[..] == reference.samples[..before.len()]);
+    assert_eq!(after.len(), 24_000 * 2);
+    assert!(after[..] == reference.samples[480_000 * 2..504_000 * 2]);
+}
