@@ -179,6 +179,22 @@ fn codec_without_decoder() {
 }
 
 #[test]
+fn a_flac_file_without_frames() {
+    init();
+    // The header and metadata of a FLAC file, up to its first frame: the decoder's own
+    // "no valid frames" error, through the chain the element plugs itself.
+    let whole = dir().join("with-frames.flac");
+    make_sine(&whole, 44_100, 2, 440.0, 5_000, "flacenc");
+    let bytes = std::fs::read(&whole).unwrap();
+    let first_frame = (4..bytes.len() - 1)
+        .find(|&i| bytes[i] == 0xff && bytes[i + 1] == 0xf8)
+        .expect("a frame");
+    let path = dir().join("no-frames.flac");
+    std::fs::write(&path, &bytes[..first_frame]).unwrap();
+    assert_error(&path, gst::StreamError::Decode);
+}
+
+#[test]
 fn truncated_file_plays_what_it_holds_then_stops() {
     init();
     let whole = dir().join("whole.mp3");

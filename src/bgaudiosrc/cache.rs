@@ -872,6 +872,11 @@ impl Reader {
                 drop(filling);
                 return self.read(max_frames, deadline, cancelled, visit);
             }
+            if !filling.streaming {
+                // Before placing a seek too: the decoder must not give way (see
+                // `yields_to_startup`) short of what the reader waits for.
+                filling.lookahead = filling.lookahead.max(self.at.shape.lookahead());
+            }
             let placed = self.at.place_filling(cache, &filling);
             if let Some(slot) = filling.readers.get_mut(id) {
                 // A seek not placed yet: the decoder must not give way (see
@@ -921,7 +926,6 @@ impl Reader {
                 // Waits for the head to be decoded.
                 end = 0;
             } else if !filling.streaming {
-                filling.lookahead = filling.lookahead.max(self.at.shape.lookahead());
                 // Not past what a trim or a seam may still take from the end.
                 end = end.saturating_sub(self.at.shape.lookahead());
                 if let Some(threshold) = self.at.shape.trim {
@@ -1101,8 +1105,10 @@ impl Playhead {
             }
             _ => 0,
         };
+        // Not within what a trim or a seam may still take from the end: where the first pass
+        // ends is not known before the copy is complete (`place_frozen` places it then).
         let pos = head.max(first) + frame;
-        if waits && pos >= filling.frames {
+        if waits && pos + self.shape.lookahead() >= filling.frames {
             return false;
         }
         self.pending = None;
@@ -1339,6 +1345,42 @@ mod tests {
         assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
         assert!(!cache.end_pass());
         assert_eq!(collect(&mut reader, 5), (Read::Frames(5), expect(4, 5, 1)));
+    }
+
+    #[test]
+    fn a_seek_into_the_last_seam_of_a_filling_copy_waits_for_its_end() {
+        gst::init().unwrap();
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let shape = Shape {
+            trim: None,
+            max_trim: 0,
+            crossfade: 100,
+            looping: true,
+        };
+        let mut reader = cache.reader().unwrap();
+        reader.set_shape(shape);
+        cache.push_bytes(&ramp(1000, 1, 1));
+        // Output frame 950 is 50 frames into the first seam (the first pass ends at 900), but
+        // where that pass ends is not known while the copy may still grow.
+        assert!(reader.seek_output(950, 0));
+        let soon = Some(Instant::now() + Duration::from_millis(10));
+        assert_eq!(reader.read(5, soon, || false, |_| ()), Ok(Read::NotYet));
+        assert!(!cache.end_pass());
+        let (read, seeked) = collect(&mut reader, 5);
+        assert_eq!(read, Read::Frames(5));
+
+        // What a reader playing from the start plays there.
+        let mut played = cache.reader().unwrap();
+        played.set_shape(shape);
+        let mut all = Vec::new();
+        while all.len() < 955 {
+            let (read, s) = collect(&mut played, 955 - all.len());
+            match read {
+                Read::Frames(_) => all.extend(s),
+                _ => assert!(played.next_pass()),
+            }
+        }
+        assert_eq!(seeked, all[950..955]);
     }
 
     #[test]

@@ -854,12 +854,13 @@ impl Decoder {
         // connect with a long timeout) is left to finish going to NULL in the background
         // rather than hold the element's own state change.
         let (done, finished) = std::sync::mpsc::channel();
-        let control = self.control.clone();
-        // Waits for a plugging under way, whose element the sweep below then finds.
-        *lock(&self.closing) = true;
+        let (control, closing) = (self.control.clone(), self.closing.clone());
         self.pipeline.call_async(move |pipeline| {
             let mut shut = lock(&control);
             *shut = true;
+            // Waits for a plugging under way, whose element the sweep below then finds; none
+            // starts after this.
+            *lock(&closing) = true;
             let _ = pipeline.set_state(gst::State::Null);
             // The elements plugged while it ran keep their own state (see `autoplug`).
             for element in pipeline.children() {
