@@ -25,7 +25,9 @@
 //! (`BgAudioSrc::fixed_output`), 32 and 53, against 32 and 55 for the stock chain in the same
 //! runs. One turn per core was worse (41 and 73): the cores idle while a start-up hands over
 //! between its threads. The 30 ms lead covers a first buffer of the default 20 ms; a longer one
-//! fills as its reader moves.
+//! fills as its reader moves. With the cheaper decode chain of `autoplug` (and an appsink that
+//! does not preroll), 25 and 44 against 28 and 54; one, two, three or six turns at once then
+//! measured within a millisecond or two of each other (26–29 median, 45–51 worst).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
