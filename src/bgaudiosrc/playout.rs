@@ -77,23 +77,7 @@ impl BgAudioSrc {
             running.stop,
             running.timestamp_offset,
         );
-        // The file's tags, once the first buffer (and with it the segment) has gone, and again
-        // if the decoder finds more. Sticky: a flushing seek keeps them downstream.
-        let tags = match running.timestamp_offset {
-            Some(_) => entry
-                .cache
-                .tags_since(running.tags_sent)
-                .map(|(generation, tags)| {
-                    running.tags_sent = generation;
-                    tags
-                }),
-            None => None,
-        };
         drop(state);
-        if let Some(tags) = tags {
-            gst::debug!(CAT, imp = self, "Tags {}", tags);
-            self.obj().src_pad().push_event(gst::event::Tag::new(tags));
-        }
         if release_decoder {
             // The file is decoded: its private pipeline and threads are no longer needed.
             entry.release_decoder();
@@ -248,12 +232,32 @@ impl BgAudioSrc {
             );
         }
 
+        // The file's tags, and again if the decoder finds more: looked at once the samples are
+        // read, as the decoder delivers its tags before the audio they come with. Sticky: a
+        // flushing seek keeps them downstream.
         let mut state = self.state();
-        if let State::Running(running) = &mut *state {
-            running.sample_offset = sample_offset + frames as u64;
-            running.timestamp_offset = Some(timestamp_offset);
-        }
+        let tags = match &mut *state {
+            State::Running(running) => {
+                running.sample_offset = sample_offset + frames as u64;
+                running.timestamp_offset = Some(timestamp_offset);
+                entry
+                    .cache
+                    .tags_since(running.tags_sent)
+                    .map(|(generation, tags)| {
+                        running.tags_sent = generation;
+                        tags
+                    })
+            }
+            _ => None,
+        };
         drop(state);
+        if let Some(tags) = tags {
+            gst::debug!(CAT, imp = self, "Tags {}", tags);
+            // Queued by GstBaseSrc, which pushes it after the segment (a new one after a flushing
+            // seek too) and before this buffer. Not `gst_element_send_event`: it takes the state
+            // lock, which a state change holds while it stops this thread.
+            self.parent_send_event(gst::event::Tag::new(tags));
+        }
 
         if first_buffer {
             gst::debug!(CAT, imp = self, "First buffer out");
