@@ -263,3 +263,30 @@ fn a_changed_file_is_a_new_copy_and_the_old_one_is_freed() {
     drop(b);
     assert_eq!(gstbgaudio::cache_usage().entries, 0);
 }
+
+#[test]
+fn elements_with_different_loop_shapes_share_one_copy() {
+    let _serial = serial();
+    init();
+    forget_retained();
+    let path = clip("shapes.ogg", 550.0);
+    assert_eq!(gstbgaudio::cache_usage(), gstbgaudio::CacheUsage::default());
+    let caps = s16(",rate=44100,channels=2");
+    let pipeline = pipeline(&format!(
+        "bgaudiosrc location=\"{0}\" loop=true start-position=500000000 ! {1} ! fakesink \
+         bgaudiosrc location=\"{0}\" loop=true random-start=true trim-silence=true ! {1} \
+         ! fakesink \
+         bgaudiosrc location=\"{0}\" loop=true loop-crossfade=100000000 ! {1} ! fakesink \
+         bgaudiosrc location=\"{0}\" loop=true ! {1} ! fakesink",
+        path.display(),
+        caps
+    ));
+    pipeline.set_state(gst::State::Paused).unwrap();
+    assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
+    let usage = gstbgaudio::cache_usage();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(usage.entries, 1, "one copy for all four: {usage:?}");
+    // Freed with its last user (and kept for later if it was complete by then).
+    let usage = gstbgaudio::cache_usage();
+    assert!(usage.entries == 0 && usage.retained_entries <= 1, "{usage:?}");
+}
