@@ -288,5 +288,8 @@ fn elements_with_different_loop_shapes_share_one_copy() {
     assert_eq!(usage.entries, 1, "one copy for all four: {usage:?}");
     // Freed with its last user (and kept for later if it was complete by then).
     let usage = gstbgaudio::cache_usage();
-    assert!(usage.entries == 0 && usage.retained_entries <= 1, "{usage:?}");
+    assert!(
+        usage.entries == 0 && usage.retained_entries <= 1,
+        "{usage:?}"
+    );
 }

@@ -191,16 +191,35 @@ impl Plugger {
                     });
                 }
             }
-            gst::debug!(
-                CAT,
-                obj = pipeline,
-                "Plugged {} for {}",
-                factory.name(),
-                caps
-            );
-            self.start(&element).inspect_err(|_| {
-                let _ = pad.unlink(&sink);
-            })
+            // Its errors wait until it is known to work: a candidate that cannot start (a
+            // decoder whose library or device fails to open) gives way to the next one.
+            let shared = self.shared.upgrade();
+            if let Some(shared) = &shared {
+                shared.begin_try(&element);
+            }
+            let started = element
+                .set_state(gst::State::Ready)
+                .map_err(|_| glib::bool_error!("{} cannot open", element.name()))
+                .and_then(|_| self.start(&element));
+            if let Some(shared) = &shared {
+                shared.end_try(&element, started.is_ok());
+            }
+            match started {
+                Ok(()) => {
+                    gst::debug!(
+                        CAT,
+                        obj = pipeline,
+                        "Plugged {} for {}",
+                        factory.name(),
+                        caps
+                    );
+                    Ok(())
+                }
+                Err(err) => {
+                    let _ = pad.unlink(&sink);
+                    Err(err)
+                }
+            }
         })
     }
 

@@ -85,6 +85,10 @@ pub struct Shared {
     location: String,
     probe: Mutex<Probe>,
     cond: Condvar,
+    /// Elements `autoplug` is starting, with the errors they posted meanwhile: held until it
+    /// knows whether the element works (then they count) or not (then the next candidate is
+    /// tried, as decodebin does).
+    trying: Mutex<Vec<(gst::Element, Vec<gst::Message>)>>,
 }
 
 impl Shared {
@@ -93,6 +97,7 @@ impl Shared {
         Arc::new(Shared {
             location: location.to_owned(),
             probe: Mutex::new(Probe::default()),
+            trying: Mutex::new(Vec::new()),
             cond: Condvar::new(),
         })
     }
@@ -179,6 +184,67 @@ impl Shared {
                     None => tags.clone(),
                 });
             }
+        }
+    }
+
+    /// `element` is being started as a candidate: its errors are held (see `trying`).
+    pub(super) fn begin_try(&self, element: &gst::Element) {
+        lock(&self.trying).push((element.clone(), Vec::new()));
+    }
+
+    /// `element` started (its held errors count now) or did not (they are dropped).
+    pub(super) fn end_try(&self, element: &gst::Element, worked: bool) {
+        let held = {
+            let mut trying = lock(&self.trying);
+            match trying.iter().position(|(e, _)| e == element) {
+                Some(i) => trying.remove(i).1,
+                None => Vec::new(),
+            }
+        };
+        for msg in held {
+            if worked {
+                self.on_bus_error(&msg);
+            } else {
+                gst::debug!(
+                    CAT,
+                    obj = element,
+                    "Dropped the error of a candidate: {:?}",
+                    msg
+                );
+            }
+        }
+    }
+
+    /// Holds `msg` if it comes from an element being tried, or from inside one.
+    fn hold(&self, msg: &gst::Message) -> bool {
+        let Some(src) = msg.src() else {
+            return false;
+        };
+        let mut trying = lock(&self.trying);
+        match trying
+            .iter_mut()
+            .find(|(e, _)| src == e.upcast_ref::<gst::Object>() || src.has_as_ancestor(e))
+        {
+            Some((_, held)) => {
+                held.push(msg.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An ERROR of the private pipeline, named after the file, to every element waiting.
+    fn on_bus_error(&self, msg: &gst::Message) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            let translated = self.translate(&e.error(), e.debug().as_deref());
+            gst::debug!(
+                CAT,
+                id = gst::glib::GString::from(self.location.as_str()),
+                "Decoder error {:?} -> {:?}",
+                e,
+                translated
+            );
+            self.on_error(translated);
         }
     }
 
@@ -757,17 +823,7 @@ impl Decoder {
                 return gst::BusSyncReply::Drop;
             };
             match msg.view() {
-                gst::MessageView::Error(e) => {
-                    let translated = shared.translate(&e.error(), e.debug().as_deref());
-                    gst::debug!(
-                        CAT,
-                        id = gst::glib::GString::from(shared.location.as_str()),
-                        "Decoder error {:?} -> {:?}",
-                        e,
-                        translated
-                    );
-                    shared.on_error(translated);
-                }
+                gst::MessageView::Error(_) if !shared.hold(msg) => shared.on_bus_error(msg),
                 gst::MessageView::Element(e) => {
                     if let Some(s) = e.structure() {
                         if s.name() == "missing-plugin" {
