@@ -106,10 +106,27 @@ impl Plugger {
         element: &gst::Element,
         attach: impl FnOnce(&gst::Pipeline) -> Result<(), glib::BoolError>,
     ) -> Result<(), glib::BoolError> {
-        let closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
-        if *closing {
-            return Err(glib::bool_error!("the decode chain is shutting down"));
+        thread_local! {
+            /// This thread holds a `closing` lock already: an element that adds its pad, caps
+            /// set, while it starts plugs the next one from inside `attach`.
+            static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         }
+        struct Release;
+        impl Drop for Release {
+            fn drop(&mut self) {
+                HOLDING.with(|h| h.set(false));
+            }
+        }
+        let (_closing, _release) = if HOLDING.with(|h| h.get()) {
+            (None, None)
+        } else {
+            let closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+            if *closing {
+                return Err(glib::bool_error!("the decode chain is shutting down"));
+            }
+            HOLDING.with(|h| h.set(true));
+            (Some(closing), Some(Release))
+        };
         let pipeline = self
             .pipeline
             .upgrade()
