@@ -94,3 +94,59 @@ fn the_files_tags_go_downstream() {
         assert!(tags.len() <= 2, "{run}: {tags:?}");
     }
 }
+
+#[test]
+fn the_tags_follow_the_new_segment_after_a_flushing_seek() {
+    init();
+    let path = tagged();
+    let pipeline = pipeline(&format!(
+        "bgaudiosrc name=bg location=\"{}\" ! {} ! appsink name=sink sync=false",
+        path.display(),
+        s16("")
+    ));
+    let order = Arc::new(Mutex::new(String::new()));
+    let seen = order.clone();
+    pipeline
+        .by_name("bg")
+        .unwrap()
+        .static_pad("src")
+        .unwrap()
+        .add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM
+                | gst::PadProbeType::EVENT_FLUSH
+                | gst::PadProbeType::BUFFER,
+            move |_, info| {
+                let mut order = seen.lock().unwrap();
+                match &info.data {
+                    Some(gst::PadProbeData::Event(event)) => match event.view() {
+                        gst::EventView::Tag(_) => order.push('T'),
+                        gst::EventView::Segment(_) => order.push('S'),
+                        gst::EventView::FlushStop(_) => order.push('F'),
+                        _ => (),
+                    },
+                    Some(gst::PadProbeData::Buffer(_)) if !order.ends_with('B') => order.push('B'),
+                    _ => (),
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    pipeline.set_state(gst::State::Paused).unwrap();
+    assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
+    for _ in 0..3 {
+        pipeline
+            .seek_simple(
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::ClockTime::from_mseconds(500),
+            )
+            .unwrap();
+        assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let order = order.lock().unwrap();
+    // Every flush is followed by the new segment, then the tags, then the first buffer.
+    let after_flushes: Vec<&str> = order.split('F').skip(1).collect();
+    assert_eq!(after_flushes.len(), 3, "{order}");
+    for after in after_flushes {
+        assert!(after.starts_with("STB"), "{order}");
+    }
+}

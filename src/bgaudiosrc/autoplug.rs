@@ -76,6 +76,26 @@ fn is_linear(factory: &gst::ElementFactory) -> bool {
     sinks == 1 && srcs == 1
 }
 
+/// Stops and removes what was plugged after `element` (an element that added its pad while it
+/// started, then failed): the elements its source pads lead to, as far as the plugged ones go.
+fn remove_downstream(pipeline: &gst::Pipeline, element: &gst::Element) {
+    for src in element.src_pads() {
+        let Some(peer) = src.peer() else {
+            continue;
+        };
+        let _ = src.unlink(&peer);
+        let Some(next) = peer.parent_element() else {
+            continue;
+        };
+        // Only what was plugged (locked); the chain's own audioconvert stays.
+        if next.is_locked_state() {
+            remove_downstream(pipeline, &next);
+            let _ = next.set_state(gst::State::Null);
+            let _ = pipeline.remove(&next);
+        }
+    }
+}
+
 fn is_parser(factory: &gst::ElementFactory) -> bool {
     factory
         .metadata(gst::ELEMENT_METADATA_KLASS)
@@ -107,25 +127,26 @@ impl Plugger {
         attach: impl FnOnce(&gst::Pipeline) -> Result<(), glib::BoolError>,
     ) -> Result<(), glib::BoolError> {
         thread_local! {
-            /// This thread holds a `closing` lock already: an element that adds its pad, caps
-            /// set, while it starts plugs the next one from inside `attach`.
-            static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            /// The `closing` lock this thread holds already (its address): an element that adds
+            /// its pad, caps set, while it starts plugs the next one from inside `attach`.
+            static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
         }
         struct Release;
         impl Drop for Release {
             fn drop(&mut self) {
-                HOLDING.with(|h| h.set(false));
+                HOLDING.with(|h| h.set(0));
             }
         }
-        let (_closing, _release) = if HOLDING.with(|h| h.get()) {
+        let lock_id = Arc::as_ptr(&self.closing) as usize;
+        let (_release, _closing) = if HOLDING.with(|h| h.get()) == lock_id {
             (None, None)
         } else {
             let closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
             if *closing {
                 return Err(glib::bool_error!("the decode chain is shutting down"));
             }
-            HOLDING.with(|h| h.set(true));
-            (Some(closing), Some(Release))
+            HOLDING.with(|h| h.set(lock_id));
+            (Some(Release), Some(closing))
         };
         let pipeline = self
             .pipeline
@@ -218,25 +239,25 @@ impl Plugger {
                 .set_state(gst::State::Ready)
                 .map_err(|_| glib::bool_error!("{} cannot open", element.name()))
                 .and_then(|_| self.start(&element));
+            if started.is_err() {
+                // Still within the try: what stopping it posts is dropped with it.
+                let _ = pad.unlink(&sink);
+                remove_downstream(pipeline, &element);
+                let _ = element.set_state(gst::State::Null);
+            }
             if let Some(shared) = &shared {
                 shared.end_try(&element, started.is_ok());
             }
-            match started {
-                Ok(()) => {
-                    gst::debug!(
-                        CAT,
-                        obj = pipeline,
-                        "Plugged {} for {}",
-                        factory.name(),
-                        caps
-                    );
-                    Ok(())
-                }
-                Err(err) => {
-                    let _ = pad.unlink(&sink);
-                    Err(err)
-                }
+            if started.is_ok() {
+                gst::debug!(
+                    CAT,
+                    obj = pipeline,
+                    "Plugged {} for {}",
+                    factory.name(),
+                    caps
+                );
             }
+            started
         })
     }
 
@@ -276,7 +297,9 @@ impl Plugger {
             })
         });
         if let Err(err) = linked {
-            let closing = *self.closing.lock().unwrap_or_else(|e| e.into_inner());
+            // Not `lock`: a plugging nested on this thread holds it (then the chain is not
+            // shutting down), and a shutdown under way holds it only briefly.
+            let closing = self.closing.try_lock().is_ok_and(|c| *c);
             if let (Some(shared), false) = (self.shared.upgrade(), closing) {
                 shared.fail_to_build(err);
             }

@@ -1070,6 +1070,11 @@ impl BaseSrcImpl for BgAudioSrc {
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         gst::debug!(CAT, imp = self, "Unlock stop");
         self.flushing.store(false, Ordering::SeqCst);
+        // GstBaseSrc drops the events it had queued when a flush ends: tags queued by the
+        // last buffer may be among them, so all of them go again with the next one.
+        if let State::Running(running) = &mut *self.state() {
+            running.tags_sent = 0;
+        }
         Ok(())
     }
 }

@@ -232,9 +232,9 @@ impl BgAudioSrc {
             );
         }
 
-        // The file's tags, and again if the decoder finds more: looked at once the samples are
-        // read, as the decoder delivers its tags before the audio they come with. Sticky: a
-        // flushing seek keeps them downstream.
+        // The file's tags, and again if the decoder finds more or after a flush (see
+        // `unlock_stop`): looked at once the samples are read, as the decoder delivers its tags
+        // before the audio they come with.
         let mut state = self.state();
         let tags = match &mut *state {
             State::Running(running) => {
