@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex};
 fn tagged() -> PathBuf {
     let path = fixture_dir("tags").join("tagged-v2.ogg");
     if !path.exists() {
-        let tmp = path.with_extension("part");
+        // The tests here run side by side: each writes a file of its own, and whichever
+        // finishes first renames it into place.
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tmp = path.with_extension(format!("part{}-{n}", std::process::id()));
         run(&format!(
             "audiotestsrc num-buffers=48 samplesperbuffer=1000 \
              ! audio/x-raw,rate=48000,channels=2 ! audioconvert \
