@@ -201,6 +201,18 @@ fn warm_up(mp3: &Path) -> Result<(), Error> {
     ))?)
 }
 
+/// The decoding part of a start-up scenario's branch: bgaudiosrc, or the stock chain.
+fn start_up_source(kind: &str, file: &Path) -> Result<String, Error> {
+    Ok(match kind {
+        "bgaudiosrc" => format!("bgaudiosrc location={}", file.display()),
+        "stock" => format!(
+            "uridecodebin uri={} ! audioconvert ! audioresample",
+            gst::glib::filename_to_uri(file, None)?
+        ),
+        other => return Err(format!("unknown chain {other}").into()),
+    })
+}
+
 /// Runs one scenario in this process and prints one line `key=value ...` for the parent.
 fn scenario(args: &[String]) -> Result<(), Error> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -406,14 +418,7 @@ fn scenario(args: &[String]) -> Result<(), Error> {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| -> Result<String, Error> {
-                    let source = match kind.as_str() {
-                        "bgaudiosrc" => format!("bgaudiosrc location={}", f.display()),
-                        "stock" => format!(
-                            "uridecodebin uri={} ! audioconvert ! audioresample",
-                            gst::glib::filename_to_uri(f, None)?
-                        ),
-                        other => return Err(format!("unknown chain {other}").into()),
-                    };
+                    let source = start_up_source(&kind, f)?;
                     Ok(format!(
                         "{source} ! {CAPS} ! fakesink name=sink{i} sync=true"
                     ))
@@ -495,14 +500,7 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             let files = distinct_mp3s(n + 3)?;
             let (mut cpus, mut walls) = (Vec::new(), Vec::new());
             for (i, f) in files.iter().enumerate() {
-                let source = match kind.as_str() {
-                    "bgaudiosrc" => format!("bgaudiosrc location={}", f.display()),
-                    "stock" => format!(
-                        "uridecodebin uri={} ! audioconvert ! audioresample",
-                        gst::glib::filename_to_uri(f, None)?
-                    ),
-                    other => return Err(format!("unknown chain {other}").into()),
-                };
+                let source = start_up_source(&kind, f)?;
                 let pipeline = gst::parse::launch(&format!(
                     "{source} ! {CAPS} ! fakesink name=sink sync=true"
                 ))?

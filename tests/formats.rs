@@ -239,13 +239,10 @@ fn muting_while_playing_ramps_down_then_flags_gap() {
             .try_pull_sample(gst::ClockTime::from_seconds(5))
             .expect("a buffer");
         let buffer = sample.buffer().unwrap();
-        let samples: Vec<i16> = buffer
-            .map_readable()
-            .unwrap()
-            .chunks_exact(2)
-            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
-            .collect();
-        buffers.push((buffer.flags().contains(gst::BufferFlags::GAP), samples));
+        buffers.push((
+            buffer.flags().contains(gst::BufferFlags::GAP),
+            samples_of(buffer),
+        ));
     }
     pipeline.set_state(gst::State::Null).unwrap();
     assert!(bg.property::<bool>("mute"));

@@ -78,13 +78,7 @@ fn play(pipeline: &gst::Pipeline, sink: &gst_app::AppSink, max_frames: usize) ->
                         .segment()
                         .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
                 }
-                played.samples.extend(
-                    buffer
-                        .map_readable()
-                        .unwrap()
-                        .chunks_exact(2)
-                        .map(|b| i16::from_ne_bytes([b[0], b[1]])),
-                );
+                played.samples.extend(samples_of(buffer));
             }
             None => {
                 if sink.is_eos() {
@@ -100,15 +94,7 @@ fn play(pipeline: &gst::Pipeline, sink: &gst_app::AppSink, max_frames: usize) ->
                             while let Some(sample) =
                                 sink.try_pull_sample(gst::ClockTime::from_mseconds(50))
                             {
-                                played.samples.extend(
-                                    sample
-                                        .buffer()
-                                        .unwrap()
-                                        .map_readable()
-                                        .unwrap()
-                                        .chunks_exact(2)
-                                        .map(|b| i16::from_ne_bytes([b[0], b[1]])),
-                                );
+                                played.samples.extend(samples_of(sample.buffer().unwrap()));
                             }
                             played.segment_done = true;
                             break;
@@ -388,13 +374,7 @@ fn a_non_flushing_seek_plays_on_from_the_new_position() {
         let start = sample
             .segment()
             .and_then(|s| s.downcast_ref::<gst::ClockTime>().and_then(|s| s.start()));
-        let samples: Vec<i16> = buffer
-            .map_readable()
-            .unwrap()
-            .chunks_exact(2)
-            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
-            .collect();
-        buffers.push((buffer.pts(), start, samples));
+        buffers.push((buffer.pts(), start, samples_of(buffer)));
         if buffers.len() == 5 {
             // From another thread: a non-flushing seek waits for the streaming thread, which
             // waits for this one to pull.

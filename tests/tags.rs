@@ -30,15 +30,18 @@ fn tagged() -> PathBuf {
     path
 }
 
-/// The TAG events `bgaudiosrc` pushes while playing `path` to its end, and the order of
-/// segments (`S`), tags (`T`) and buffers (`B`) on its pad.
-fn tags_of(path: &std::path::Path) -> (Vec<gst::TagList>, String) {
+/// What `bgaudiosrc` (named `bg`) sends on its pad: the TAG events, and the order of flushes
+/// (`F`), segments (`S`), tags (`T`) and runs of buffers (`B`).
+type Seen = Arc<Mutex<(Vec<gst::TagList>, String)>>;
+
+/// `bgaudiosrc name=bg location=path ! S16 ! appsink name=sink sync=false`, watched (`Seen`).
+fn watched(path: &std::path::Path) -> (gst::Pipeline, Seen) {
     let pipeline = pipeline(&format!(
-        "bgaudiosrc name=bg location=\"{}\" ! {} ! appsink name=sink",
+        "bgaudiosrc name=bg location=\"{}\" ! {} ! appsink name=sink sync=false",
         path.display(),
         s16("")
     ));
-    let seen = Arc::new(Mutex::new((Vec::new(), String::new())));
+    let seen = Seen::default();
     let events = seen.clone();
     pipeline
         .by_name("bg")
@@ -46,7 +49,9 @@ fn tags_of(path: &std::path::Path) -> (Vec<gst::TagList>, String) {
         .static_pad("src")
         .unwrap()
         .add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::BUFFER,
+            gst::PadProbeType::EVENT_DOWNSTREAM
+                | gst::PadProbeType::EVENT_FLUSH
+                | gst::PadProbeType::BUFFER,
             move |_, info| {
                 let mut seen = events.lock().unwrap();
                 match &info.data {
@@ -56,6 +61,7 @@ fn tags_of(path: &std::path::Path) -> (Vec<gst::TagList>, String) {
                             seen.1.push('T');
                         }
                         gst::EventView::Segment(_) => seen.1.push('S'),
+                        gst::EventView::FlushStop(_) => seen.1.push('F'),
                         _ => (),
                     },
                     Some(gst::PadProbeData::Buffer(_)) if !seen.1.ends_with('B') => {
@@ -66,6 +72,13 @@ fn tags_of(path: &std::path::Path) -> (Vec<gst::TagList>, String) {
                 gst::PadProbeReturn::Ok
             },
         );
+    (pipeline, seen)
+}
+
+/// The TAG events `bgaudiosrc` pushes while playing `path` to its end, and the order of
+/// segments, tags and buffers on its pad (see `Seen`).
+fn tags_of(path: &std::path::Path) -> (Vec<gst::TagList>, String) {
+    let (pipeline, seen) = watched(path);
     let out = collect_pipeline(&pipeline, None);
     pipeline.set_state(gst::State::Null).unwrap();
     assert!(out.eos);
@@ -103,37 +116,7 @@ fn the_files_tags_go_downstream() {
 fn the_tags_follow_the_new_segment_after_a_flushing_seek() {
     init();
     let path = tagged();
-    let pipeline = pipeline(&format!(
-        "bgaudiosrc name=bg location=\"{}\" ! {} ! appsink name=sink sync=false",
-        path.display(),
-        s16("")
-    ));
-    let order = Arc::new(Mutex::new(String::new()));
-    let seen = order.clone();
-    pipeline
-        .by_name("bg")
-        .unwrap()
-        .static_pad("src")
-        .unwrap()
-        .add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM
-                | gst::PadProbeType::EVENT_FLUSH
-                | gst::PadProbeType::BUFFER,
-            move |_, info| {
-                let mut order = seen.lock().unwrap();
-                match &info.data {
-                    Some(gst::PadProbeData::Event(event)) => match event.view() {
-                        gst::EventView::Tag(_) => order.push('T'),
-                        gst::EventView::Segment(_) => order.push('S'),
-                        gst::EventView::FlushStop(_) => order.push('F'),
-                        _ => (),
-                    },
-                    Some(gst::PadProbeData::Buffer(_)) if !order.ends_with('B') => order.push('B'),
-                    _ => (),
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
+    let (pipeline, seen) = watched(&path);
     pipeline.set_state(gst::State::Paused).unwrap();
     assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
     for _ in 0..3 {
@@ -146,7 +129,7 @@ fn the_tags_follow_the_new_segment_after_a_flushing_seek() {
         assert!(pipeline.state(gst::ClockTime::from_seconds(10)).0.is_ok());
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    let order = order.lock().unwrap();
+    let order = &seen.lock().unwrap().1;
     // Every flush is followed by the new segment, then the tags, then the first buffer.
     let after_flushes: Vec<&str> = order.split('F').skip(1).collect();
     assert_eq!(after_flushes.len(), 3, "{order}");

@@ -29,8 +29,8 @@ use super::CAT;
 /// Longest line of elements plugged before handing over to decodebin.
 const MAX_DEPTH: usize = 8;
 
-/// What plugging needs from the decode chain: where it ends (audioconvert's sink pad), and what
-/// to do with a raw audio pad and with a pad handed to decodebin.
+/// What plugging needs from the decode chain: what to do with a raw audio pad, and a decodebin
+/// to hand a pad to.
 pub(super) struct Plugger {
     pub pipeline: glib::WeakRef<gst::Pipeline>,
     /// The chain is shutting down: held while plugging, so `Decoder::shutdown` (which sets it)
@@ -38,7 +38,7 @@ pub(super) struct Plugger {
     pub closing: Arc<Mutex<bool>>,
     pub shared: Weak<Shared>,
     /// Links a raw audio pad to the rest of the chain.
-    pub expose: Box<dyn Fn(&gst::Pad) + Send + Sync>,
+    pub expose: Arc<dyn Fn(&gst::Pad) + Send + Sync>,
     /// A `decodebin` set up as the chain's fallback (its raw pads go to `expose`).
     pub decodebin: Box<dyn Fn() -> Result<gst::Element, glib::BoolError> + Send + Sync>,
 }

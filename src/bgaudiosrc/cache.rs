@@ -22,6 +22,7 @@
 //! that point into it instead of copying.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -162,6 +163,8 @@ pub struct PcmCache {
     frozen: OnceLock<Frozen>,
     /// The stream's tags as the decoder found them, and how often they changed.
     tags: Mutex<(u64, Option<gst::TagList>)>,
+    /// That count, read without the lock by every reader at every buffer.
+    tags_generation: AtomicU64,
     /// The loop bounds found for each trim threshold asked for (see `Shape`): the file is
     /// scanned once per threshold, not once per element.
     bounds: Mutex<Vec<(TrimKey, (u64, u64))>>,
@@ -185,6 +188,7 @@ impl PcmCache {
             cond: Condvar::new(),
             frozen: OnceLock::new(),
             tags: Mutex::new((0, None)),
+            tags_generation: AtomicU64::new(0),
             bounds: Mutex::new(Vec::new()),
             seams: Mutex::new(Vec::new()),
             label: OnceLock::new(),
@@ -256,10 +260,14 @@ impl PcmCache {
             None => tags.clone(),
         };
         *held = (held.0 + 1, Some(merged));
+        self.tags_generation.store(held.0, Ordering::Release);
     }
 
     /// The tags, if they changed since `generation` (0 before any), with the new generation.
     pub fn tags_since(&self, generation: u64) -> Option<(u64, gst::TagList)> {
+        if self.tags_generation.load(Ordering::Acquire) == generation {
+            return None;
+        }
         let held = self.tags.lock().unwrap_or_else(|e| e.into_inner());
         match &held.1 {
             Some(tags) if held.0 != generation => Some((held.0, tags.clone())),

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
-//! The decode chain: a private pipeline
-//! `uridecodebin ! audioconvert ! audioresample ! capsfilter ! appsink` that turns the file into
-//! interleaved S16 at the negotiated rate and channel count and appends it to a `PcmCache`.
+//! The decode chain: a private pipeline `SOURCE ! audioconvert ! audioresample ! capsfilter !
+//! appsink` that turns the file into interleaved S16 at the negotiated rate and channel count
+//! and appends it to a `PcmCache`. SOURCE is `filesrc ! typefind` and the decoders `autoplug`
+//! plugs for a local file, `uridecodebin` for any other URI.
 //!
 //! Nothing here blocks the caller. `Decoder::start` builds the pipeline, hands its state changes
 //! to a GStreamer pool thread and returns; decoded data is held back by a blocking probe until
@@ -757,12 +758,11 @@ impl Decoder {
                 let typefind = gst::ElementFactory::make("typefind").build()?;
                 pipeline.add_many([&filesrc, &typefind])?;
                 filesrc.link(&typefind)?;
-                let expose = expose.clone();
                 let plugger = Arc::new(Plugger {
                     pipeline: pipeline.downgrade(),
                     closing: closing.clone(),
                     shared: Arc::downgrade(shared),
-                    expose: Box::new(move |pad| expose(pad)),
+                    expose: expose.clone(),
                     decodebin: Box::new(move || {
                         gst::ElementFactory::make("decodebin")
                             .build()

@@ -137,12 +137,8 @@ pub fn collect_pipeline(pipeline: &gst::Pipeline, max_frames: Option<usize>) -> 
                 }
                 let channels = out.channels();
                 let buffer = sample.buffer().expect("buffer");
-                let map = buffer.map_readable().expect("map");
                 let before = out.samples.len();
-                out.samples.extend(
-                    map.chunks_exact(2)
-                        .map(|b| i16::from_ne_bytes([b[0], b[1]])),
-                );
+                out.samples.extend(samples_of(buffer));
                 let frames = (out.samples.len() - before) / channels;
                 out.buffers.push((
                     buffer.pts(),
@@ -190,6 +186,16 @@ pub fn collect_pipeline(pipeline: &gst::Pipeline, max_frames: Option<usize>) -> 
     pipeline.set_state(gst::State::Null).expect("null");
     let mut out = out.lock().unwrap();
     std::mem::take(&mut *out)
+}
+
+/// The S16 samples of `buffer` (native endianness, interleaved).
+pub fn samples_of(buffer: &gst::BufferRef) -> Vec<i16> {
+    buffer
+        .map_readable()
+        .expect("map")
+        .chunks_exact(2)
+        .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+        .collect()
 }
 
 /// Caps of the element's output format (S16 in native endianness, interleaved), narrowed by
