@@ -213,7 +213,8 @@ impl Plugger {
         chain.push(factory.clone());
         let chain: Arc<[gst::ElementFactory]> = chain.into();
         self.add(&element, |pipeline| {
-            pad.link(&sink)
+            // Unchecked, as decodebin links: the sink pad accepted the caps above.
+            pad.link_full(&sink, gst::PadLinkCheck::empty())
                 .map_err(|err| glib::bool_error!("cannot link: {:?}", err))?;
             match element.src_pads().into_iter().next() {
                 Some(src) => self.follow(&src, chain),
