@@ -27,7 +27,10 @@
 //! between its threads. The 30 ms lead covers a first buffer of the default 20 ms; a longer one
 //! fills as its reader moves. With the cheaper decode chain of `autoplug` (and an appsink that
 //! does not preroll), 25 and 44 against 28 and 54; one, two, three or six turns at once then
-//! measured within a millisecond or two of each other (26–29 median, 45–51 worst).
+//! measured within a millisecond or two of each other (26–29 median, 45–51 worst). With a thread
+//! and an element less per decode chain (typefind pushes, no capsfilter), 20 and 35 against 31
+//! and 57 (8 alternating runs); two, three, four or eight turns at once measured 20.5–21.2
+//! median, four the lowest, so two per core stays.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
