@@ -55,6 +55,51 @@ fn mp3_equals_reference_chain() {
     assert_same_as_reference("mp3", "lamemp3enc ! id3v2mux", ANY);
 }
 
+/// An ID3v1 tag at the end of the file (128 bytes from "TAG"), as most MP3s in the wild carry,
+/// besides the ID3v2 tag at the start: the decoded audio is the stock chain's, at the file's
+/// rate and resampled, and the tag is not played as audio.
+#[test]
+fn mp3_with_a_tag_at_the_end_equals_reference_chain() {
+    init();
+    let tagged = fixture_dir("decode").join("id3v1.mp3");
+    if !tagged.exists() {
+        let mut bytes = std::fs::read(clip("mp3", "lamemp3enc ! id3v2mux")).unwrap();
+        let mut tag = b"TAG".to_vec();
+        for (field, len) in [
+            ("Title v1", 30),
+            ("Artist v1", 30),
+            ("Album v1", 30),
+            ("2026", 4),
+        ] {
+            let mut f = field.as_bytes().to_vec();
+            f.resize(len, 0);
+            tag.extend(f);
+        }
+        tag.resize(127, 0);
+        tag.push(12);
+        bytes.extend(tag);
+        let part = tagged.with_extension("part");
+        std::fs::write(&part, bytes).unwrap();
+        std::fs::rename(&part, &tagged).unwrap();
+    }
+    for caps in [ANY, ",rate=48000"] {
+        let caps = s16(caps);
+        let reference = reference(&tagged, &caps);
+        let ours = bgaudio(&tagged, "", &caps, None);
+        assert!(ours.error.is_none() && ours.eos, "{caps}: {:?}", ours.error);
+        assert!(
+            reference.samples.len() > 30_000,
+            "{caps}: reference too short"
+        );
+        assert_eq!(
+            ours.samples.len(),
+            reference.samples.len(),
+            "{caps}: length"
+        );
+        assert!(ours.samples == reference.samples, "{caps}: samples differ");
+    }
+}
+
 #[test]
 fn flac_equals_reference_chain() {
     assert_same_as_reference("flac", "flacenc", ANY);
@@ -151,6 +196,40 @@ fn follows_the_format_downstream_asks_for() {
         "{}",
         out.samples.len()
     );
+}
+
+/// Downstream leaves a range open: the decode chain starts at the file's own format and is
+/// told the output format once it is chosen (16 kHz, 4 channels here), so it converts again
+/// before the first samples reach the copy. What arrives is that format: 0.5 s of a 1 kHz sine
+/// at 16 kHz in every channel, not the file's 96 kHz stereo samples under the new caps.
+#[test]
+fn a_format_chosen_from_a_range_reaches_the_data() {
+    init();
+    let dir = fixture_dir("decode");
+    let flac = dir.join("hires.flac");
+    make_sine(&flac, 96_000, 2, 1000.0, 48_000, "flacenc");
+    let out = bgaudio(&flac, "", &s16(",rate=[8000,16000],channels=[4,8]"), None);
+    assert!(out.eos);
+    assert_eq!((out.rate(), out.channels()), (16_000, 4));
+    let frames = out.samples.len() / 4;
+    assert!((frames as i64 - 8_000).abs() <= 2, "{frames} frames");
+    for channel in 0..4 {
+        let samples: Vec<i16> = out
+            .samples
+            .iter()
+            .skip(channel)
+            .step_by(4)
+            .copied()
+            .collect();
+        // Rising zero crossings: one per period, 500 in 0.5 s of 1 kHz.
+        let rising = samples.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+        assert!(
+            (rising as i64 - 500).abs() <= 2,
+            "channel {channel}: {rising}"
+        );
+        let peak = samples.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+        assert!(peak > 1000, "channel {channel}: peak {peak}");
+    }
 }
 
 #[test]
