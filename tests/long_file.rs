@@ -354,3 +354,43 @@ fn streaming_seams_in_mixing_mode_are_seamless_and_never_late() {
         "the mix differs from the file (sample index)"
     );
 }
+
+/// A streamed MP3 and FLAC (each over its `max-cache-size`) loop by seeking their decode chain
+/// to the start, the seek going upstream in bytes (the parser is pushed the file). Every pass is
+/// the first one again, sample for sample, at the file's rate and resampled: each pass gets a
+/// new resampler, as GStreamer 1.22's keeps its phase across the seek (then each seam lost about
+/// a sample: a step twice the sine's steepest, where a copy's seam has none).
+#[test]
+fn streamed_mp3_and_flac_passes_repeat_the_first() {
+    let _serial = serial();
+    init();
+    for (name, encoder) in [("seams.mp3", "lamemp3enc"), ("seams.flac", "flacenc")] {
+        // 0.75 s of a 441 Hz sine at 44.1 kHz: 330 whole periods, a seamless loop.
+        let path = fixture_dir("long_file").join(name);
+        make_sine(&path, 44_100, 2, 441.0, 33_000, encoder);
+        for rate in [44_100, 48_000] {
+            let caps = s16(&format!(",rate={rate},channels=2"));
+            let once = bgaudio(&path, "", &caps, None);
+            assert!(once.eos, "{name} at {rate}: {:?}", once.error);
+            let pass = once.samples.len();
+            assert!(pass >= 66_000, "{name} at {rate}: {pass} samples");
+            // 35 kB against 130 to 150 kB decoded: a window, seeked at every end.
+            let looped = bgaudio(
+                &path,
+                "loop=true max-cache-size=35000",
+                &caps,
+                Some(3 * pass / 2 + 1000),
+            );
+            assert!(looped.error.is_none(), "{name}: {:?}", looped.error);
+            assert!(
+                looped.samples.len() >= 3 * pass,
+                "{name}: {}",
+                looped.samples.len()
+            );
+            for (i, chunk) in looped.samples.chunks(pass).take(3).enumerate() {
+                let first_diff = chunk.iter().zip(&once.samples).position(|(a, b)| a != b);
+                assert_eq!(first_diff, None, "{name} at {rate}: pass {i} differs");
+            }
+        }
+    }
+}

@@ -296,6 +296,9 @@ impl Shared {
         let location = self.location.clone();
         let live = self.lock().live;
         pipeline.call_async(move |pipeline| {
+            if let Err(err) = fresh_resampler(pipeline) {
+                gst::warning!(CAT, obj = pipeline, "Resampler not renewed: {}", err);
+            }
             let seeked = pipeline.seek_simple(
                 gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
                 gst::ClockTime::ZERO,
@@ -508,6 +511,54 @@ fn map_unpositioned(
     !matrix.is_empty()
 }
 
+/// The chain's own elements, by name (`fresh_resampler` finds them).
+const CONVERT: &str = "bgaudiosrc-convert";
+const RESAMPLE: &str = "bgaudiosrc-resample";
+const SINK: &str = "bgaudiosrc-sink";
+
+fn new_resampler() -> Result<gst::Element, glib::BoolError> {
+    gst::ElementFactory::make("audioresample")
+        .name(RESAMPLE)
+        .build()
+}
+
+/// Puts a new resampler in the chain, for the next pass of a streamed file: every pass is then
+/// resampled as the first one was, as a copy's passes are. GStreamer 1.22's resampler keeps its
+/// phase across the seek (its reset does not clear it) while its history starts again from
+/// zeros after the tail it drained at the end, so each seam lost about a sample
+/// (`tests/long_file.rs`). Called between the end of a pass and the seek to the next, when no
+/// data flows; relinked, audioconvert sends its format to the new resampler again.
+fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
+    let bin = pipeline
+        .downcast_ref::<gst::Bin>()
+        .ok_or_else(|| glib::bool_error!("not a bin"))?;
+    let find = |name: &str| {
+        bin.by_name(name)
+            .ok_or_else(|| glib::bool_error!("no {} in the chain", name))
+    };
+    let (convert, old, sink) = (find(CONVERT)?, find(RESAMPLE)?, find(SINK)?);
+    let pad = |element: &gst::Element, name: &str| {
+        element
+            .static_pad(name)
+            .ok_or_else(|| glib::bool_error!("{} has no {} pad", element.name(), name))
+    };
+    let (convert_src, sink_pad) = (pad(&convert, "src")?, pad(&sink, "sink")?);
+    let _ = convert_src.unlink(&pad(&old, "sink")?);
+    let _ = pad(&old, "src")?.unlink(&sink_pad);
+    let _ = old.set_state(gst::State::Null);
+    bin.remove(&old)?;
+    let new = new_resampler()?;
+    bin.add(&new)?;
+    let link = |src: &gst::Pad, sink: &gst::Pad| {
+        src.link_full(sink, gst::PadLinkCheck::empty())
+            .map(|_| ())
+            .map_err(|err| glib::bool_error!("cannot link the new resampler: {:?}", err))
+    };
+    link(&convert_src, &pad(&new, "sink")?)?;
+    link(&pad(&new, "src")?, &sink_pad)?;
+    new.sync_state_with_parent()
+}
+
 /// Makes `typefind` push to the elements plugged after it: its task, which reads the file, goes
 /// on to drive the whole chain. Otherwise the parser after it pulls, from a task of its own: a
 /// second thread per chain, handed over to at the start. Fifty elements starting together in a
@@ -663,9 +714,10 @@ impl Decoder {
         // samples on every run and in every instance) matters more than shaping the rounding noise
         // of float decoders once.
         let convert = gst::ElementFactory::make("audioconvert")
+            .name(CONVERT)
             .property_from_str("dithering", "none")
             .build()?;
-        let resample = gst::ElementFactory::make("audioresample").build()?;
+        let resample = new_resampler()?;
         // The appsink's caps are the output format, once known (no capsfilter: an element less
         // to start and to negotiate through).
         let caps = match output {
@@ -675,6 +727,7 @@ impl Decoder {
                 .build(),
         };
         let appsink = gst_app::AppSink::builder()
+            .name(SINK)
             .caps(&caps)
             .sync(false)
             // No preroll: the chain reaches PLAYING at once, so the first decoded samples go
