@@ -137,3 +137,84 @@ fn the_tags_follow_the_new_segment_after_a_flushing_seek() {
         assert!(after.starts_with("STB"), "{order}");
     }
 }
+
+/// Makes `path` once: `write` fills a file of this process's own, renamed into place (the tests
+/// here run side by side).
+fn make_once(path: &std::path::Path, write: impl FnOnce(&std::path::Path)) {
+    if path.exists() {
+        return;
+    }
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tmp = path.with_extension(format!("part{}-{n}", std::process::id()));
+    write(&tmp);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn title_of(tags: &[gst::TagList]) -> Option<String> {
+    tags.iter()
+        .rev()
+        .find_map(|t| t.get::<gst::tags::Title>().map(|t| t.get().to_owned()))
+}
+
+/// Tags at the end of a file reach downstream: an ID3v1 tag after an MP3's frames (the only tag
+/// of many MP3s), and a WAV's LIST chunk after its data (where wavenc writes it). Their readers
+/// (id3demux, wavparse) pull to reach the end, as in decodebin.
+#[test]
+fn tags_at_the_end_of_the_file_go_downstream() {
+    init();
+    let dir = fixture_dir("tags");
+    let mp3 = dir.join("id3v1-only.mp3");
+    make_once(&mp3, |tmp| {
+        run(&format!(
+            "audiotestsrc num-buffers=48 samplesperbuffer=1000 \
+             ! audio/x-raw,rate=44100,channels=2 ! lamemp3enc ! filesink location=\"{}\"",
+            tmp.display()
+        ));
+        let mut tag = b"TAG".to_vec();
+        for (field, len) in [("Title v1", 30), ("Artist v1", 30), ("Album v1", 30)] {
+            let mut f = field.as_bytes().to_vec();
+            f.resize(len, 0);
+            tag.extend(f);
+        }
+        tag.resize(127, 0);
+        tag.push(12);
+        let mut bytes = std::fs::read(tmp).unwrap();
+        bytes.extend(tag);
+        std::fs::write(tmp, bytes).unwrap();
+    });
+    let wav = dir.join("list-after-data.wav");
+    make_once(&wav, |tmp| {
+        run(&format!(
+            "audiotestsrc num-buffers=48 samplesperbuffer=1000 \
+             ! audio/x-raw,rate=44100,channels=2 ! wavenc ! filesink location=\"{}\"",
+            tmp.display()
+        ));
+        // A LIST INFO chunk with a title (INAM) after the data, the RIFF size grown to match.
+        let mut bytes = std::fs::read(tmp).unwrap();
+        let name = b"Wav title\0";
+        let mut info = b"INFO".to_vec();
+        info.extend(b"INAM");
+        info.extend((name.len() as u32).to_le_bytes());
+        info.extend(name);
+        bytes.extend(b"LIST");
+        bytes.extend((info.len() as u32).to_le_bytes());
+        bytes.extend(info);
+        let riff = (bytes.len() - 8) as u32;
+        bytes[4..8].copy_from_slice(&riff.to_le_bytes());
+        std::fs::write(tmp, bytes).unwrap();
+    });
+    // The WAV's tags do come after its samples.
+    let bytes = std::fs::read(&wav).unwrap();
+    let find = |what: &[u8]| bytes.windows(what.len()).position(|w| w == what);
+    assert!(find(b"LIST") > find(b"data"), "LIST before data");
+    for (path, title) in [(&mp3, "Title v1"), (&wav, "Wav title")] {
+        let (tags, _) = tags_of(path);
+        assert_eq!(
+            title_of(&tags).as_deref(),
+            Some(title),
+            "{}: {tags:?}",
+            path.display()
+        );
+    }
+}

@@ -276,7 +276,9 @@ impl Shared {
     }
 
     /// The end of the file reached the appsink (on its streaming thread).
-    fn on_eos(&self, pipeline: Option<gst::Element>) {
+    /// `control` is the chain's (see `Decoder::control`): the next pass is not started once the
+    /// chain is shut down.
+    fn on_eos(&self, pipeline: Option<gst::Element>, control: &Arc<Mutex<bool>>) {
         let mut probe = self.lock();
         probe.eos = true;
         let cache = probe.cache.clone();
@@ -295,14 +297,23 @@ impl Shared {
         };
         let location = self.location.clone();
         let live = self.lock().live;
+        let control = control.clone();
         pipeline.call_async(move |pipeline| {
+            // Ordered against `Decoder::shutdown`, which takes the chain to NULL under it.
+            let shut = lock(&control);
+            if *shut {
+                return;
+            }
             if let Err(err) = fresh_resampler(pipeline) {
-                gst::warning!(CAT, obj = pipeline, "Resampler not renewed: {}", err);
+                drop(shut);
+                cache.end_stream(format!("'{location}' cannot be looped: {err}"));
+                return;
             }
             let seeked = pipeline.seek_simple(
                 gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
                 gst::ClockTime::ZERO,
             );
+            drop(shut);
             match seeked {
                 Ok(()) => gst::debug!(CAT, obj = pipeline, "Next pass of '{}'", location),
                 Err(_) => {
@@ -527,7 +538,8 @@ fn new_resampler() -> Result<gst::Element, glib::BoolError> {
 /// phase across the seek (its reset does not clear it) while its history starts again from
 /// zeros after the tail it drained at the end, so each seam lost about a sample
 /// (`tests/long_file.rs`). Called between the end of a pass and the seek to the next, when no
-/// data flows; relinked, audioconvert sends its format to the new resampler again.
+/// data flows, under the chain's `control` lock; relinked, audioconvert sends its format to the
+/// new resampler again. An error leaves the chain unable to go on (the pass ends the stream).
 fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     let bin = pipeline
         .downcast_ref::<gst::Bin>()
@@ -537,6 +549,7 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
             .ok_or_else(|| glib::bool_error!("no {} in the chain", name))
     };
     let (convert, old, sink) = (find(CONVERT)?, find(RESAMPLE)?, find(SINK)?);
+    let new = new_resampler()?;
     let pad = |element: &gst::Element, name: &str| {
         element
             .static_pad(name)
@@ -547,7 +560,6 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     let _ = pad(&old, "src")?.unlink(&sink_pad);
     let _ = old.set_state(gst::State::Null);
     bin.remove(&old)?;
-    let new = new_resampler()?;
     bin.add(&new)?;
     let link = |src: &gst::Pad, sink: &gst::Pad| {
         src.link_full(sink, gst::PadLinkCheck::empty())
@@ -559,13 +571,17 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     new.sync_state_with_parent()
 }
 
-/// Makes `typefind` push to the elements plugged after it: its task, which reads the file, goes
-/// on to drive the whole chain. Otherwise the parser after it pulls, from a task of its own: a
-/// second thread per chain, handed over to at the start. Fifty elements starting together in a
-/// fresh process create fifty threads fewer, and the bench's start-up row measured 2–4 ms less
-/// at the median and 10–12 ms less CPU (`cargo run --release --example bench -- startup`). A
-/// `decodebin` handed the stream still pulls: its demuxers (Ogg, MP4) read the end of the file
-/// first.
+/// Makes `typefind` push to a parser plugged right after it (mpegaudioparse, flacparse,
+/// aacparse): its task, which reads the file, goes on to drive the whole chain. Otherwise the
+/// parser pulls, from a task of its own: a second thread per chain, handed over to at the start.
+/// Fifty elements starting together in a fresh process create fifty threads fewer, and the
+/// bench's start-up row measured 2–4 ms less at the median and 10–12 ms less CPU
+/// (`cargo run --release --example bench -- startup`).
+///
+/// Anything else still pulls, as it reads the end of the file first: a tag demuxer (an ID3v1
+/// or APE tag at the end), wavparse (a LIST chunk after the data), a `decodebin` (Ogg, MP4).
+/// Whatever comes after a tag demuxer asks through it, so it pulls too: a demuxer's own answer
+/// would not tell the two apart.
 fn push_only_to_plugged(typefind: &gst::Element) -> Result<(), glib::BoolError> {
     let src = typefind
         .static_pad("src")
@@ -577,11 +593,16 @@ fn push_only_to_plugged(typefind: &gst::Element) -> Result<(), glib::BoolError> 
         let gst::QueryViewMut::Scheduling(scheduling) = query.view_mut() else {
             return gst::PadProbeReturn::Ok;
         };
-        let to_bin = pad
+        let to_parser = pad
             .peer()
             .and_then(|peer| peer.parent_element())
-            .is_some_and(|element| element.is::<gst::Bin>());
-        if to_bin {
+            .and_then(|element| element.factory())
+            .is_some_and(|factory| {
+                factory
+                    .metadata(gst::ELEMENT_METADATA_KLASS)
+                    .is_some_and(|klass| klass.split('/').any(|k| k == "Parser"))
+            });
+        if !to_parser {
             return gst::PadProbeReturn::Ok;
         }
         scheduling.set(gst::SchedulingFlags::SEQUENTIAL, 1, -1, 0);
@@ -900,6 +921,8 @@ impl Decoder {
 
         let weak_shared = Arc::downgrade(shared);
         let weak_eos = Arc::downgrade(shared);
+        let control = Arc::new(Mutex::new(false));
+        let eos_control = control.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -916,7 +939,7 @@ impl Decoder {
                         let pipeline = sink
                             .parent()
                             .and_then(|p| p.downcast::<gst::Element>().ok());
-                        shared.on_eos(pipeline);
+                        shared.on_eos(pipeline, &eos_control);
                     }
                 })
                 .build(),
@@ -955,7 +978,7 @@ impl Decoder {
             appsink,
             shared: shared.clone(),
             block: Some((convert_sink, block)),
-            control: Arc::new(Mutex::new(false)),
+            control,
             closing,
         })
     }
@@ -997,7 +1020,8 @@ impl Decoder {
             cache.fail(err);
         } else if eos {
             // An empty stream: nothing will be decoded, the pass is over.
-            self.shared.on_eos(Some(self.pipeline.clone().upcast()));
+            self.shared
+                .on_eos(Some(self.pipeline.clone().upcast()), &self.control);
         }
 
         if let Some((pad, id)) = self.block.take() {
