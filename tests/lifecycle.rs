@@ -194,3 +194,85 @@ fn null_right_after_playing_two_hundred_times_never_hangs_or_leaks() {
     let usage = gstbgaudio::cache_usage();
     assert_eq!(usage.entries, 0, "{usage:?}");
 }
+
+/// A streamed file whose passes end every few milliseconds (each end puts a new resampler in
+/// its chain and seeks it back), stopped at moments spread over its seams: no GStreamer warning
+/// or critical, NULL in well under a second, and it plays again afterwards.
+#[test]
+fn stopping_a_streamed_file_at_its_seams_is_clean() {
+    let _serial = serial();
+    init();
+    // 91 ms at 44.1 kHz (40 whole periods), played at 48 kHz: 19 kB decoded against a 4 kB
+    // limit.
+    let wav = fixture_dir("lifecycle").join("tenth.wav");
+    make_sine(&wav, 44_100, 2, 441.0, 4_000, "wavenc");
+    let desc = format!(
+        "bgaudiosrc location=\"{}\" loop=true max-cache-size=4000 \
+         ! audio/x-raw,rate=48000 ! fakesink sync=false",
+        wav.display()
+    );
+    let complaints = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let logged = complaints.clone();
+    let handler = gst::glib::log_set_handler(
+        Some("GStreamer"),
+        gst::glib::LogLevels::LEVEL_WARNING | gst::glib::LogLevels::LEVEL_CRITICAL,
+        false,
+        false,
+        move |_, _, message| logged.lock().unwrap().push(message.to_owned()),
+    );
+    // And the warnings the decode chain's elements post (GST_ELEMENT_WARNING, logged as
+    // "warning: …"): a chain negotiating its next pass while it is taken to NULL posted "not
+    // negotiated". (GStreamer's own "could not send sticky events" may show in the debug log
+    // while pads deactivate; it is not an element's warning.)
+    let chain_warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let chain_logged = chain_warnings.clone();
+    let previous = gst::log::get_default_threshold();
+    gst::log::set_default_threshold(gst::DebugLevel::Warning);
+    let log = gst::log::add_log_function(move |_, level, _, _, _, object, message| {
+        // Named `bgaudiosrc-…`, or a pad of one (`bgaudiosrc-convert:src`).
+        let from_chain = object.is_some_and(|o| o.to_string().contains("bgaudiosrc-"));
+        if let (true, Some(m)) = (
+            level <= gst::DebugLevel::Warning && from_chain,
+            message.get(),
+        ) {
+            if m.starts_with("warning: ") {
+                chain_logged.lock().unwrap().push(m.to_string());
+            }
+        }
+    });
+    let mut longest = std::time::Duration::ZERO;
+    let mut errors = Vec::new();
+    for i in 0..40u64 {
+        let p = pipeline(&desc);
+        p.set_state(gst::State::Playing).unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(500 * (i % 20)));
+        let started = std::time::Instant::now();
+        p.set_state(gst::State::Null).unwrap();
+        longest = longest.max(started.elapsed());
+        let bus = p.bus().unwrap();
+        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+            errors.push(format!("{msg:?}"));
+        }
+    }
+    gst::glib::log_remove_handler(Some("GStreamer"), handler);
+    gst::log::remove_log_function(log);
+    gst::log::set_default_threshold(previous);
+    assert_eq!(*complaints.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(*chain_warnings.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(errors, Vec::<String>::new());
+    assert!(
+        longest < std::time::Duration::from_secs(1),
+        "NULL took {longest:?}"
+    );
+    let out = bgaudio(
+        &wav,
+        "loop=true max-cache-size=4000",
+        &s16(",rate=48000"),
+        Some(20_000),
+    );
+    assert!(
+        out.error.is_none() && out.samples.len() >= 2 * 20_000,
+        "{:?}",
+        out.error
+    );
+}

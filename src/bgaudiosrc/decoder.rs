@@ -568,7 +568,13 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     };
     link(&convert_src, &pad(&new, "sink")?)?;
     link(&pad(&new, "src")?, &sink_pad)?;
-    new.sync_state_with_parent()
+    new.sync_state_with_parent()?;
+    // The link asks audioconvert to negotiate again, though its output does not change (the new
+    // resampler takes the same caps, which the link has it send again with the next data).
+    // Negotiating failed with a warning ("not negotiated") when the chain was being stopped
+    // meanwhile.
+    convert_src.check_reconfigure();
+    Ok(())
 }
 
 /// Makes `typefind` push to a parser plugged right after it (mpegaudioparse, flacparse,
@@ -996,7 +1002,9 @@ impl Decoder {
             )
         })?;
         // Set again only when it changes, and then the chain told to negotiate again (as a
-        // capsfilter does when its caps change; an appsink does not on its own).
+        // capsfilter does when its caps change; an appsink does not on its own). No buffer has
+        // passed yet (the block below is still on), so none in the old format reaches the
+        // cache: the appsink itself would not refuse one.
         let current = self
             .appsink
             .caps()
