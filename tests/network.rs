@@ -16,6 +16,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// `init`, then the network sources' classes made once, one after the other, before the tests
+/// here (which run side by side) reach them: GLib 2.74 can deadlock when two threads initialise
+/// souphttpsrc's and udpsrc's classes at once (both register GIO's socket types; a test run
+/// hung on it).
+fn init_network() {
+    init();
+    static CLASSES: std::sync::Once = std::sync::Once::new();
+    CLASSES.call_once(|| {
+        for factory in ["souphttpsrc", "udpsrc", "fdsrc"] {
+            let _ = gst::ElementFactory::make(factory).build();
+        }
+    });
+}
+
 /// An HTTP server on 127.0.0.1 that hands each connection to `serve` on a thread of its own,
 /// until dropped. Handlers must return once `stop` is set; the server also stops by itself
 /// after a minute.
@@ -123,7 +137,7 @@ fn error_within(pipeline: &gst::Pipeline, wait: Duration) -> Option<gst::glib::E
 
 #[test]
 fn a_server_that_never_answers_blocks_no_state_change_and_fails_within_the_timeout() {
-    init();
+    init_network();
     let server = Server::start(|_stream, stop| hold(stop));
     let url = server.url("/stalled.ogg");
     for mode in ["playback", "mixing"] {
@@ -160,7 +174,7 @@ fn a_server_that_never_answers_blocks_no_state_change_and_fails_within_the_timeo
 
 #[test]
 fn stopping_while_the_source_says_nothing_is_quick_and_quiet() {
-    init();
+    init_network();
     let server = Server::start(|_stream, stop| hold(stop));
     let url = server.url("/stalled.ogg");
     // The default timeout (10 s) is far off: the wait is cut short by the state change.
@@ -178,7 +192,7 @@ fn stopping_while_the_source_says_nothing_is_quick_and_quiet() {
 
 #[test]
 fn joining_a_running_mixer_from_a_silent_server_stalls_neither_the_caller_nor_the_mixer() {
-    init();
+    init_network();
     let server = Server::start(|_stream, stop| hold(stop));
     let pipeline = pipeline(
         "audiotestsrc is-live=true samplesperbuffer=480 ! audiomixer name=mix \
@@ -254,7 +268,7 @@ fn serve_endlessly(path: &Path) -> Server {
 
 #[test]
 fn an_endless_http_stream_plays_with_memory_held_to_max_cache_size() {
-    init();
+    init_network();
     let server = serve_endlessly(&mp3());
     let limit = 2_000_000u64;
     // One minute of audio, read as fast as it comes: 10.6 MB decoded, five times the limit.
@@ -292,7 +306,7 @@ fn an_endless_http_stream_plays_with_memory_held_to_max_cache_size() {
 
 #[test]
 fn a_stream_that_stalls_gives_the_mixer_silence_not_late_buffers() {
-    init();
+    init_network();
     let bytes = std::fs::read(mp3()).expect("fixture");
     // The first fifth of the 5 s file (about a second), then nothing, with the connection
     // kept open.
@@ -361,7 +375,7 @@ fn a_stream_that_stalls_gives_the_mixer_silence_not_late_buffers() {
 
 #[test]
 fn a_live_ogg_vorbis_stream_over_udp_plays() {
-    init();
+    init_network();
     // A free port: bind, read it, let go.
     let port = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())

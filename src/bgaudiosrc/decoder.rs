@@ -569,11 +569,34 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     link(&convert_src, &pad(&new, "sink")?)?;
     link(&pad(&new, "src")?, &sink_pad)?;
     new.sync_state_with_parent()?;
-    // The link asks audioconvert to negotiate again, though its output does not change (the new
-    // resampler takes the same caps, which the link has it send again with the next data).
-    // Negotiating failed with a warning ("not negotiated") when the chain was being stopped
-    // meanwhile.
+    // The new resampler negotiates here, under the lock that orders this against the chain's
+    // shutdown, rather than on the streaming thread with the next data, where a chain being
+    // stopped meanwhile fails it with a warning ("not negotiated"). It is given audioconvert's
+    // stream start and caps (the next data brings the same ones again, and the segment), and
+    // neither it nor audioconvert is asked to negotiate again. That made the warning rarer, not
+    // impossible: the caps the next data brings again can still meet a chain being stopped
+    // (`tests/lifecycle.rs`). It is only a line in GStreamer's debug log; the chain's bus
+    // drops warnings.
+    let new_sink = pad(&new, "sink")?;
+    for event in [
+        convert_src
+            .sticky_event::<gst::event::StreamStart>(0)
+            .map(gst::Event::from),
+        convert_src
+            .sticky_event::<gst::event::Caps>(0)
+            .map(gst::Event::from),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !new_sink.send_event(event) {
+            return Err(glib::bool_error!(
+                "the new resampler refused the stream's format"
+            ));
+        }
+    }
     convert_src.check_reconfigure();
+    pad(&new, "src")?.check_reconfigure();
     Ok(())
 }
 
