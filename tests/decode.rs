@@ -55,62 +55,12 @@ fn mp3_equals_reference_chain() {
     assert_same_as_reference("mp3", "lamemp3enc ! id3v2mux", ANY);
 }
 
-/// An ID3v1 tag at the end of the file (128 bytes from "TAG"), as most MP3s in the wild carry,
-/// besides the ID3v2 tag at the start: the decoded audio is the stock chain's, at the file's
-/// rate and resampled, and the tag is not played as audio (`tests/tags.rs` checks it is read).
-/// Ogg/Vorbis behind an ID3v2 tag (as some taggers leave it): id3demux reads the tag, and the
-/// Ogg it gives decodes as the stock chain decodes it (oggdemux pulls through id3demux, which
-/// pulls through typefind).
-#[test]
-fn ogg_behind_an_id3_tag_equals_reference_chain() {
-    init();
-    let tagged = fixture_dir("decode").join("id3-ogg.ogg");
-    if !tagged.exists() {
-        let ogg = std::fs::read(clip("ogg", "vorbisenc ! oggmux")).unwrap();
-        // ID3v2.4, no flags, a 10-byte body of padding (sizes are synchsafe).
-        let mut bytes = b"ID3\x04\x00\x00\x00\x00\x00\x0a".to_vec();
-        bytes.extend([0u8; 10]);
-        bytes.extend(ogg);
-        let part = tagged.with_extension("part");
-        std::fs::write(&part, bytes).unwrap();
-        std::fs::rename(&part, &tagged).unwrap();
-    }
-    let caps = s16(ANY);
-    let reference = reference(&tagged, &caps);
-    let ours = bgaudio(&tagged, "", &caps, None);
-    assert!(ours.error.is_none() && ours.eos, "{:?}", ours.error);
-    assert!(reference.samples.len() > 30_000, "reference too short");
-    assert!(ours.samples == reference.samples, "samples differ");
-}
-
-#[test]
-fn mp3_with_a_tag_at_the_end_equals_reference_chain() {
-    init();
-    let tagged = fixture_dir("decode").join("id3v1.mp3");
-    if !tagged.exists() {
-        let mut bytes = std::fs::read(clip("mp3", "lamemp3enc ! id3v2mux")).unwrap();
-        let mut tag = b"TAG".to_vec();
-        for (field, len) in [
-            ("Title v1", 30),
-            ("Artist v1", 30),
-            ("Album v1", 30),
-            ("2026", 4),
-        ] {
-            let mut f = field.as_bytes().to_vec();
-            f.resize(len, 0);
-            tag.extend(f);
-        }
-        tag.resize(127, 0);
-        tag.push(12);
-        bytes.extend(tag);
-        let part = tagged.with_extension("part");
-        std::fs::write(&part, bytes).unwrap();
-        std::fs::rename(&part, &tagged).unwrap();
-    }
-    for caps in [ANY, ",rate=48000"] {
+/// `tagged` decodes to the stock chain's samples at `caps` (`s16` fragments).
+fn assert_same_samples_as_reference(tagged: &std::path::Path, caps: &[&str]) {
+    for caps in caps {
         let caps = s16(caps);
-        let reference = reference(&tagged, &caps);
-        let ours = bgaudio(&tagged, "", &caps, None);
+        let reference = reference(tagged, &caps);
+        let ours = bgaudio(tagged, "", &caps, None);
         assert!(ours.error.is_none() && ours.eos, "{caps}: {:?}", ours.error);
         assert!(
             reference.samples.len() > 30_000,
@@ -123,6 +73,38 @@ fn mp3_with_a_tag_at_the_end_equals_reference_chain() {
         );
         assert!(ours.samples == reference.samples, "{caps}: samples differ");
     }
+}
+
+/// Ogg/Vorbis behind an ID3v2 tag (as some taggers leave it): id3demux reads the tag, and the
+/// Ogg it gives decodes as the stock chain decodes it (oggdemux pulls through id3demux, which
+/// pulls through typefind).
+#[test]
+fn ogg_behind_an_id3_tag_equals_reference_chain() {
+    init();
+    let tagged = fixture_dir("decode").join("id3-ogg.ogg");
+    make_once(&tagged, |tmp| {
+        // ID3v2.4, no flags, a 10-byte body of padding (sizes are synchsafe).
+        let mut bytes = b"ID3\x04\x00\x00\x00\x00\x00\x0a".to_vec();
+        bytes.extend([0u8; 10]);
+        bytes.extend(std::fs::read(clip("ogg", "vorbisenc ! oggmux")).unwrap());
+        std::fs::write(tmp, bytes).unwrap();
+    });
+    assert_same_samples_as_reference(&tagged, &[ANY]);
+}
+
+/// An ID3v1 tag at the end of the file (128 bytes from "TAG"), as most MP3s in the wild carry,
+/// besides the ID3v2 tag at the start: the decoded audio is the stock chain's, at the file's
+/// rate and resampled, and the tag is not played as audio (`tests/tags.rs` checks it is read).
+#[test]
+fn mp3_with_a_tag_at_the_end_equals_reference_chain() {
+    init();
+    let tagged = fixture_dir("decode").join("id3v1.mp3");
+    make_once(&tagged, |tmp| {
+        let mut bytes = std::fs::read(clip("mp3", "lamemp3enc ! id3v2mux")).unwrap();
+        bytes.extend(id3v1_tag());
+        std::fs::write(tmp, bytes).unwrap();
+    });
+    assert_same_samples_as_reference(&tagged, &[ANY, ",rate=48000"]);
 }
 
 #[test]

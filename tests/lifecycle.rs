@@ -97,6 +97,33 @@ fn paused_to_ready_and_back_restarts_from_the_beginning() {
     assert_eq!(second.buffers[0].0, Some(gst::ClockTime::ZERO));
 }
 
+/// GStreamer's own warnings and criticals (GLib's "GStreamer" log domain), from `listen` to
+/// `stop`.
+struct Complaints {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    handler: gst::glib::LogHandlerId,
+}
+
+impl Complaints {
+    fn listen() -> Self {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let logged = seen.clone();
+        let handler = gst::glib::log_set_handler(
+            Some("GStreamer"),
+            gst::glib::LogLevels::LEVEL_WARNING | gst::glib::LogLevels::LEVEL_CRITICAL,
+            false,
+            false,
+            move |_, _, message| logged.lock().unwrap().push(message.to_owned()),
+        );
+        Complaints { seen, handler }
+    }
+
+    fn stop(self) -> Vec<String> {
+        gst::glib::log_remove_handler(Some("GStreamer"), self.handler);
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
 /// Sets `pipeline` to PLAYING and at once back to NULL, `cycles` times, and returns the longest
 /// NULL took.
 fn play_and_stop_at_once(pipeline: &gst::Pipeline, cycles: usize) -> std::time::Duration {
@@ -141,15 +168,7 @@ fn null_right_after_playing_two_hundred_times_never_hangs_or_leaks() {
     ];
     // GStreamer's own warnings and criticals: a state changed from the wrong thread, a pad
     // that failed to deactivate.
-    let complaints = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let logged = complaints.clone();
-    let handler = gst::glib::log_set_handler(
-        Some("GStreamer"),
-        gst::glib::LogLevels::LEVEL_WARNING | gst::glib::LogLevels::LEVEL_CRITICAL,
-        false,
-        false,
-        move |_, _, message| logged.lock().unwrap().push(message.to_owned()),
-    );
+    let complaints = Complaints::listen();
     let pipelines: Vec<gst::Pipeline> = descs.iter().map(|d| pipeline(d)).collect();
     for p in &pipelines {
         play_and_stop_at_once(p, 3);
@@ -171,8 +190,7 @@ fn null_right_after_playing_two_hundred_times_never_hangs_or_leaks() {
         longest < std::time::Duration::from_secs(1),
         "NULL took {longest:?}"
     );
-    gst::glib::log_remove_handler(Some("GStreamer"), handler);
-    assert_eq!(*complaints.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(complaints.stop(), Vec::<String>::new());
 
     // Every run still plays: the element is not left in a broken state.
     let out = bgaudio(&mp3, "", &s16(""), Some(10_000));
@@ -213,15 +231,7 @@ fn stopping_a_streamed_file_at_its_seams_is_clean() {
          ! audio/x-raw,rate=48000 ! fakesink sync=false",
         wav.display()
     );
-    let complaints = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let logged = complaints.clone();
-    let handler = gst::glib::log_set_handler(
-        Some("GStreamer"),
-        gst::glib::LogLevels::LEVEL_WARNING | gst::glib::LogLevels::LEVEL_CRITICAL,
-        false,
-        false,
-        move |_, _, message| logged.lock().unwrap().push(message.to_owned()),
-    );
+    let complaints = Complaints::listen();
     let mut longest = std::time::Duration::ZERO;
     let mut errors = Vec::new();
     for i in 0..40u64 {
@@ -236,8 +246,7 @@ fn stopping_a_streamed_file_at_its_seams_is_clean() {
             errors.push(format!("{msg:?}"));
         }
     }
-    gst::glib::log_remove_handler(Some("GStreamer"), handler);
-    assert_eq!(*complaints.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(complaints.stop(), Vec::<String>::new());
     assert_eq!(errors, Vec::<String>::new());
     assert!(
         longest < std::time::Duration::from_secs(1),

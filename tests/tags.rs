@@ -12,21 +12,15 @@ use std::sync::{Arc, Mutex};
 /// 1 s of Ogg/Vorbis with a title and an artist in its comments.
 fn tagged() -> PathBuf {
     let path = fixture_dir("tags").join("tagged-v2.ogg");
-    if !path.exists() {
-        // The tests here run side by side: each writes a file of its own, and whichever
-        // finishes first renames it into place.
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let tmp = path.with_extension(format!("part{}-{n}", std::process::id()));
+    make_once(&path, |tmp| {
         run(&format!(
             "audiotestsrc num-buffers=48 samplesperbuffer=1000 \
              ! audio/x-raw,rate=48000,channels=2 ! audioconvert \
              ! taginject tags=\"title=Ambience,artist=Recorder\" \
              ! vorbisenc ! oggmux ! filesink location=\"{}\"",
             tmp.display()
-        ));
-        std::fs::rename(&tmp, &path).unwrap();
-    }
+        ))
+    });
     path
 }
 
@@ -138,19 +132,6 @@ fn the_tags_follow_the_new_segment_after_a_flushing_seek() {
     }
 }
 
-/// Makes `path` once: `write` fills a file of this process's own, renamed into place (the tests
-/// here run side by side).
-fn make_once(path: &std::path::Path, write: impl FnOnce(&std::path::Path)) {
-    if path.exists() {
-        return;
-    }
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let tmp = path.with_extension(format!("part{}-{n}", std::process::id()));
-    write(&tmp);
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn title_of(tags: &[gst::TagList]) -> Option<String> {
     tags.iter()
         .rev()
@@ -171,16 +152,8 @@ fn tags_at_the_end_of_the_file_go_downstream() {
              ! audio/x-raw,rate=44100,channels=2 ! lamemp3enc ! filesink location=\"{}\"",
             tmp.display()
         ));
-        let mut tag = b"TAG".to_vec();
-        for (field, len) in [("Title v1", 30), ("Artist v1", 30), ("Album v1", 30)] {
-            let mut f = field.as_bytes().to_vec();
-            f.resize(len, 0);
-            tag.extend(f);
-        }
-        tag.resize(127, 0);
-        tag.push(12);
         let mut bytes = std::fs::read(tmp).unwrap();
-        bytes.extend(tag);
+        bytes.extend(id3v1_tag());
         std::fs::write(tmp, bytes).unwrap();
     });
     let wav = dir.join("list-after-data.wav");

@@ -527,6 +527,24 @@ const CONVERT: &str = "bgaudiosrc-convert";
 const RESAMPLE: &str = "bgaudiosrc-resample";
 const SINK: &str = "bgaudiosrc-sink";
 
+/// `element`'s pad `name`, one it always has.
+fn pad_of(element: &gst::Element, name: &str) -> Result<gst::Pad, glib::BoolError> {
+    element
+        .static_pad(name)
+        .ok_or_else(|| glib::bool_error!("{} has no {} pad", element.name(), name))
+}
+
+/// Links `src`'s source pad to `sink`'s sink pad, unchecked: the chain's own elements take any
+/// raw audio (an element-level link, and a caps check, query each pad's caps first).
+fn link_raw(src: &gst::Element, sink: &gst::Element) -> Result<(), glib::BoolError> {
+    pad_of(src, "src")?
+        .link_full(&pad_of(sink, "sink")?, gst::PadLinkCheck::empty())
+        .map(|_| ())
+        .map_err(|err| {
+            glib::bool_error!("cannot link {} to {}: {:?}", src.name(), sink.name(), err)
+        })
+}
+
 fn new_resampler() -> Result<gst::Element, glib::BoolError> {
     gst::ElementFactory::make("audioresample")
         .name(RESAMPLE)
@@ -550,24 +568,14 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     };
     let (convert, old, sink) = (find(CONVERT)?, find(RESAMPLE)?, find(SINK)?);
     let new = new_resampler()?;
-    let pad = |element: &gst::Element, name: &str| {
-        element
-            .static_pad(name)
-            .ok_or_else(|| glib::bool_error!("{} has no {} pad", element.name(), name))
-    };
-    let (convert_src, sink_pad) = (pad(&convert, "src")?, pad(&sink, "sink")?);
-    let _ = convert_src.unlink(&pad(&old, "sink")?);
-    let _ = pad(&old, "src")?.unlink(&sink_pad);
+    let convert_src = pad_of(&convert, "src")?;
+    let _ = convert_src.unlink(&pad_of(&old, "sink")?);
+    let _ = pad_of(&old, "src")?.unlink(&pad_of(&sink, "sink")?);
     let _ = old.set_state(gst::State::Null);
     bin.remove(&old)?;
     bin.add(&new)?;
-    let link = |src: &gst::Pad, sink: &gst::Pad| {
-        src.link_full(sink, gst::PadLinkCheck::empty())
-            .map(|_| ())
-            .map_err(|err| glib::bool_error!("cannot link the new resampler: {:?}", err))
-    };
-    link(&convert_src, &pad(&new, "sink")?)?;
-    link(&pad(&new, "src")?, &sink_pad)?;
+    link_raw(&convert, &new)?;
+    link_raw(&new, &sink)?;
     new.sync_state_with_parent()?;
     // The new resampler negotiates here, under the lock that orders this against the chain's
     // shutdown, rather than on the streaming thread with the next data, where a chain being
@@ -577,7 +585,7 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     // impossible: the caps the next data brings again can still meet a chain being stopped
     // (`tests/lifecycle.rs`). It is only a line in GStreamer's debug log; the chain's bus
     // drops warnings.
-    let new_sink = pad(&new, "sink")?;
+    let new_sink = pad_of(&new, "sink")?;
     for event in [
         convert_src
             .sticky_event::<gst::event::StreamStart>(0)
@@ -596,7 +604,7 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
         }
     }
     convert_src.check_reconfigure();
-    pad(&new, "src")?.check_reconfigure();
+    pad_of(&new, "src")?.check_reconfigure();
     Ok(())
 }
 
@@ -612,10 +620,7 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
 /// Whatever comes after a tag demuxer asks through it, so it pulls too: a demuxer's own answer
 /// would not tell the two apart.
 fn push_only_to_plugged(typefind: &gst::Element) -> Result<(), glib::BoolError> {
-    let src = typefind
-        .static_pad("src")
-        .ok_or_else(|| glib::bool_error!("typefind has no src pad"))?;
-    src.add_probe(gst::PadProbeType::QUERY_UPSTREAM, |pad, info| {
+    pad_of(typefind, "src")?.add_probe(gst::PadProbeType::QUERY_UPSTREAM, |pad, info| {
         let Some(gst::PadProbeData::Query(query)) = &mut info.data else {
             return gst::PadProbeReturn::Ok;
         };
@@ -788,24 +793,12 @@ impl Decoder {
             .build();
 
         pipeline.add_many([&convert, &resample, appsink.upcast_ref()])?;
-        // Pad to pad, unchecked: these take any raw audio (an element-level link, and a caps
-        // check, query each pad's caps first).
-        let pad = |element: &gst::Element, name: &str| {
-            element
-                .static_pad(name)
-                .ok_or_else(|| glib::bool_error!("{} has no {} pad", element.name(), name))
-        };
-        for (src, sink) in [(&convert, &resample), (&resample, appsink.upcast_ref())] {
-            pad(src, "src")?
-                .link_full(&pad(sink, "sink")?, gst::PadLinkCheck::empty())
-                .map_err(|err| glib::bool_error!("cannot link the decode chain: {:?}", err))?;
-        }
+        link_raw(&convert, &resample)?;
+        link_raw(&resample, appsink.upcast_ref())?;
 
         // Hold decoded data back until the output format is known (see `start_output`); caps
         // and other events still pass, so the native format can be read off the pad.
-        let convert_sink = convert
-            .static_pad("sink")
-            .ok_or_else(|| glib::bool_error!("audioconvert has no sink pad"))?;
+        let convert_sink = pad_of(&convert, "sink")?;
         let block = convert_sink
             .add_probe(
                 gst::PadProbeType::BLOCK

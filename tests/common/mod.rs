@@ -53,24 +53,51 @@ pub fn run(desc: &str) {
 /// Encodes `frames` frames of a `freq` Hz sine at `rate`/`channels` through `encoder` (a
 /// gst-launch fragment such as "vorbisenc ! oggmux") into `path`, once.
 pub fn make_sine(path: &Path, rate: i32, channels: i32, freq: f64, frames: u64, encoder: &str) {
+    let spb = 1000.min(frames);
+    assert_eq!(frames % spb, 0, "frames must be a multiple of {spb}");
+    make_once(path, |tmp| {
+        run(&format!(
+            "audiotestsrc wave=sine freq={freq} volume=0.8 samplesperbuffer={spb} num-buffers={} \
+             ! audio/x-raw,format=S16LE,rate={rate},channels={channels} ! audioconvert \
+             ! {encoder} ! filesink location={}",
+            frames / spb,
+            tmp.display()
+        ))
+    });
+}
+
+/// Makes the fixture `path` once: `write` fills a file of its own. Tests run in parallel and may
+/// make the same fixture: each writes its own file, and the rename makes whichever finishes
+/// first the fixture.
+pub fn make_once(path: &Path, write: impl FnOnce(&Path)) {
     if path.exists() {
         return;
     }
-    let spb = 1000.min(frames);
-    assert_eq!(frames % spb, 0, "frames must be a multiple of {spb}");
-    // Tests run in parallel and may make the same fixture: each writes its own file, and the
-    // rename makes whichever finishes first the fixture.
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let tmp = path.with_extension(format!("part{}-{n}", std::process::id()));
-    run(&format!(
-        "audiotestsrc wave=sine freq={freq} volume=0.8 samplesperbuffer={spb} num-buffers={} \
-         ! audio/x-raw,format=S16LE,rate={rate},channels={channels} ! audioconvert ! {encoder} \
-         ! filesink location={}",
-        frames / spb,
-        tmp.display()
-    ));
+    write(&tmp);
     std::fs::rename(&tmp, path).expect("rename fixture");
+}
+
+/// An ID3v1 tag (the 128 bytes from "TAG" at the end of an MP3): title "Title v1", artist
+/// "Artist v1", album "Album v1", year 2026.
+pub fn id3v1_tag() -> Vec<u8> {
+    let mut tag = b"TAG".to_vec();
+    for (field, len) in [
+        ("Title v1", 30),
+        ("Artist v1", 30),
+        ("Album v1", 30),
+        ("2026", 4),
+    ] {
+        let mut f = field.as_bytes().to_vec();
+        f.resize(len, 0);
+        tag.extend(f);
+    }
+    tag.resize(127, 0);
+    // Genre 12, "Other".
+    tag.push(12);
+    tag
 }
 
 /// (pts, duration, offset, offset_end, frames) of one buffer.
