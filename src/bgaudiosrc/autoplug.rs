@@ -60,7 +60,7 @@ fn is_audio_type(caps: &gst::Caps) -> bool {
 
 /// One sink pad always there, and one source pad (always there, or added once): a link in a
 /// line. Templates named with `%` make many pads.
-fn is_linear(factory: &gst::ElementFactory) -> bool {
+pub(super) fn is_linear(factory: &gst::ElementFactory) -> bool {
     let templates = factory.static_pad_templates();
     let (mut sinks, mut srcs) = (0, 0);
     for t in templates.iter() {
@@ -96,7 +96,7 @@ fn remove_downstream(pipeline: &gst::Pipeline, element: &gst::Element) {
     }
 }
 
-fn is_parser(factory: &gst::ElementFactory) -> bool {
+pub(super) fn is_parser(factory: &gst::ElementFactory) -> bool {
     factory
         .metadata(gst::ELEMENT_METADATA_KLASS)
         .is_some_and(|k| k.contains("Parser"))

@@ -39,6 +39,29 @@ const STREAM_WINDOW_BYTES: u64 = 256 * 1024;
 /// sooner as they move; the lead it keeps (`startup::DECODE_LEAD`) covers the wait.
 const STARTUP_POLL: Duration = Duration::from_millis(20);
 
+thread_local! {
+    /// This thread writes without waiting (`without_waiting`).
+    static UNWAITED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's writes to any cache never waiting, for a window or for start-ups:
+/// an element's streaming thread feeding its own start-up (`feeder`) is the reader it would
+/// wait for. It writes a block's worth at a time, so a window holds at most that much more.
+pub fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            UNWAITED.with(|u| u.set(self.0));
+        }
+    }
+    let _reset = Reset(UNWAITED.with(|u| u.replace(true)));
+    f()
+}
+
+/// Feeds the decoder one step on the calling reader's thread (see `PcmCache::set_feed`):
+/// returns whether it added anything, or will (then the reader looks again instead of waiting).
+pub type FeedHook = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// One sealed run of samples, readable as `&[i16]` and shareable as a `gst::Memory`.
 #[derive(Debug)]
 struct Chunk {
@@ -173,6 +196,22 @@ pub struct PcmCache {
     seams: Mutex<Vec<(SeamKey, Arc<[i16]>)>>,
     /// What the copy is of, for log lines (a copy is shared: no one element logs for it).
     label: OnceLock<gst::glib::GString>,
+    /// Called by a reader about to wait for frames not decoded yet (see `set_feed`).
+    feed: Mutex<FeedSlot>,
+}
+
+/// The feed hook's place (no `Debug` of its own).
+#[derive(Default)]
+struct FeedSlot(Option<FeedHook>);
+
+impl std::fmt::Debug for FeedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "FeedSlot(set)"
+        } else {
+            "FeedSlot(none)"
+        })
+    }
 }
 
 impl PcmCache {
@@ -192,6 +231,7 @@ impl PcmCache {
             bounds: Mutex::new(Vec::new()),
             seams: Mutex::new(Vec::new()),
             label: OnceLock::new(),
+            feed: Mutex::new(FeedSlot(None)),
         }
     }
 
@@ -350,6 +390,37 @@ impl PcmCache {
         filling.frames >= furthest + lead
     }
 
+    /// Lets readers that run out of decoded frames feed the decoder themselves, on their own
+    /// thread, instead of waiting for it (`None`: they wait). A decode chain does this while
+    /// start-ups are under way, so it needs no thread of its own yet (see `feeder`).
+    pub fn set_feed(&self, feed: Option<FeedHook>) {
+        self.feed.lock().unwrap_or_else(|e| e.into_inner()).0 = feed;
+    }
+
+    fn feed_hook(&self) -> Option<FeedHook> {
+        self.feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Whether the decoder is `DECODE_LEAD` ahead of the furthest reader (as far as a writer
+    /// giving way to start-ups goes), or will add nothing more.
+    pub fn has_lead(&self) -> bool {
+        if self.frozen.get().is_some() {
+            return true;
+        }
+        let filling = self.lock();
+        if filling.closed || !matches!(filling.status, Status::Filling) {
+            return true;
+        }
+        let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000
+            + filling.lookahead;
+        let furthest = filling.furthest_reader().unwrap_or(0);
+        filling.frames >= furthest + lead
+    }
+
     /// Streaming: drops the chunks every reader has passed, and pass ends every reader has
     /// crossed.
     fn drop_passed(&self, filling: &mut Filling) {
@@ -389,9 +460,13 @@ impl PcmCache {
         let mut samples = bytes
             .chunks_exact(2)
             .map(|b| i16::from_ne_bytes([b[0], b[1]]));
+        let unwaited = UNWAITED.with(|u| u.get());
         loop {
             loop {
                 self.overtake(&mut filling);
+                if unwaited {
+                    break;
+                }
                 if self.window_full(&filling) {
                     filling.writer_waiting = true;
                     filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
@@ -875,6 +950,8 @@ impl Reader {
         }
         let id = self.id.unwrap_or(usize::MAX);
         let mut filling = cache.lock();
+        // Whether to call the feed hook before waiting (see `PcmCache::set_feed`).
+        let mut may_feed = true;
         loop {
             if cache.frozen.get().is_some() {
                 drop(filling);
@@ -977,6 +1054,17 @@ impl Reader {
             if cancelled() {
                 return Err(ReadError::Cancelled);
             }
+            if may_feed {
+                if let Some(feed) = cache.feed_hook() {
+                    // Outside the lock: feeding writes here. Then everything is looked at again
+                    // before waiting: the decoder may have moved meanwhile, and told nobody.
+                    drop(filling);
+                    may_feed = feed();
+                    filling = cache.lock();
+                    continue;
+                }
+            }
+            may_feed = true;
             filling = match deadline {
                 None => cache.cond.wait(filling).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
@@ -1528,5 +1616,58 @@ mod tests {
         assert!(!cache.end_pass(), "no second pass of an empty stream");
         assert_eq!(collect(&mut reader, 10).0, Read::PassEnd);
         assert!(!reader.next_pass());
+    }
+
+    /// A reader short of frames calls the feed hook (on its own thread, outside the cache's
+    /// lock) instead of waiting, and reads what it fed; a hook that declines, after the copy
+    /// was completed elsewhere meanwhile (as the decoder's task does, telling a reader that
+    /// is not waiting yet), does not leave the reader waiting for a wake-up that came before.
+    #[test]
+    fn readers_feed_through_the_hook_and_see_what_came_meanwhile() {
+        gst::init().unwrap();
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let mut reader = cache.reader().unwrap();
+        let total = 3000;
+        let fed = Arc::new(Mutex::new(0usize));
+        let weak = Arc::downgrade(&cache);
+        let fed_hook = fed.clone();
+        cache.set_feed(Some(Arc::new(move || {
+            let Some(cache) = weak.upgrade() else {
+                return false;
+            };
+            let mut fed = fed_hook.lock().unwrap();
+            if *fed < 2000 {
+                // Fed here, 500 frames a call.
+                cache.push_bytes(&ramp(500, 1, *fed));
+                *fed += 500;
+                true
+            } else {
+                // The rest comes "from elsewhere", and the hook declines.
+                cache.push_bytes(&ramp(total - *fed, 1, *fed));
+                *fed = total;
+                assert!(!cache.end_pass());
+                false
+            }
+        })));
+
+        // On a thread of its own: a reader that missed the completion would wait for ever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                match reader.read(700, None, || false, |s| got.extend_from_slice(s)) {
+                    Ok(Read::Frames(_)) => (),
+                    Ok(Read::PassEnd) => break,
+                    other => panic!("{other:?} after {} frames", got.len()),
+                }
+            }
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reader is still waiting");
+        assert_eq!(got, expect(0, total, 1));
+        assert_eq!(*fed.lock().unwrap(), total);
+        assert_eq!(cache.complete_frames(), Some(total as u64));
     }
 }

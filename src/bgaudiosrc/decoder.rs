@@ -2,19 +2,23 @@
 
 //! The decode chain: a private pipeline `SOURCE ! audioconvert ! audioresample ! appsink` that
 //! turns the file into interleaved S16 at the negotiated rate and channel count and appends it
-//! to a `PcmCache` (the appsink's caps are the output format). SOURCE is `filesrc ! typefind`
-//! and the decoders `autoplug` plugs for a local file, `uridecodebin` for any other URI.
+//! to a `PcmCache` (the appsink's caps are the output format). SOURCE is, for a local file whose
+//! type a parser takes (MP3, FLAC, AAC), a `Feeder` pad pushing the file to that parser (see
+//! `feeder`); for any other local file `filesrc ! typefind`; both followed by the decoders
+//! `autoplug` plugs. Any other URI is read by `uridecodebin`.
 //!
-//! Nothing here blocks the caller. `Decoder::start` builds the pipeline, hands its state changes
-//! to a GStreamer pool thread and returns; decoded data is held back by a blocking probe until
-//! the output format is known.
+//! The caller never waits for a source. `Decoder::start` builds the pipeline and, for anything
+//! but a fed file, hands its state changes to a GStreamer pool thread and returns; decoded data
+//! is held back by a blocking probe until the output format is known. A fed file is a local
+//! file: it is opened and its first frames decoded on the caller's thread (no other thread is
+//! needed before the first buffer), and what it decodes is held until then.
 //! Whoever needs the file's own format waits for it on the chain's `Shared` (`wait_native`), with
 //! a deadline and a cancel check, and may share that wait with other elements on the same file.
 //! `Decoder::start_output` then sets the output format and lets the samples flow into the cache.
 //!
 //! At the end of the file a complete cache is frozen; a streaming one marks the end of the pass
-//! and the decoder seeks back to the start at once, from a thread of its own, so the next pass
-//! decodes while the readers are still a window behind.
+//! and the decoder seeks back to the start at once (a fed one rewinds its feeder), from a thread
+//! of its own, so the next pass decodes while the readers are still a window behind.
 //!
 //! Failures of the private pipeline are turned into error messages that name the file, with the
 //! GStreamer domain and code of the original failure.
@@ -27,9 +31,12 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::autoplug::Plugger;
-use super::cache::PcmCache;
+use super::autoplug::{self, Plugger};
+use super::cache::{without_waiting, FeedHook, PcmCache};
+use super::feeder::{Fed, Feeder, START_BLOCK};
+use super::startup;
 use super::CAT;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How long dropping a `Decoder` waits for its pipeline to reach NULL.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(150);
@@ -147,6 +154,20 @@ impl Shared {
                 }
             };
         }
+    }
+
+    /// Whether the stream showed its format, or will not: what a start-up feeds for.
+    fn settled(&self) -> bool {
+        let probe = self.lock();
+        probe.native.is_some() || probe.error.is_some() || probe.abandoned
+    }
+
+    /// A flow error that stopped the feeder, as typefind's task reports one when no element
+    /// said why (`not-negotiated`, `not-linked`).
+    fn on_flow_error(&self, flow: gst::FlowError) {
+        let err = glib::Error::new(gst::StreamError::Failed, "Internal data stream error.");
+        let translated = self.translate(&err, Some(&format!("streaming stopped, reason {flow:?}")));
+        self.on_error(translated);
     }
 
     /// The decode chain is going away: waiters see `Abandoned`.
@@ -278,7 +299,12 @@ impl Shared {
     /// The end of the file reached the appsink (on its streaming thread).
     /// `control` is the chain's (see `Decoder::control`): the next pass is not started once the
     /// chain is shut down.
-    fn on_eos(&self, pipeline: Option<gst::Element>, control: &Arc<Mutex<bool>>) {
+    fn on_eos(
+        &self,
+        pipeline: Option<gst::Element>,
+        control: &Arc<Mutex<bool>>,
+        feeding: Option<(Arc<Feeder>, OnFlow)>,
+    ) {
         let mut probe = self.lock();
         probe.eos = true;
         let cache = probe.cache.clone();
@@ -309,10 +335,13 @@ impl Shared {
                 cache.end_stream(format!("'{location}' cannot be looped: {err}"));
                 return;
             }
-            let seeked = pipeline.seek_simple(
-                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
-                gst::ClockTime::ZERO,
-            );
+            let seeked = match feeding {
+                Some((feeder, on_flow)) => feeder.rewind(on_flow),
+                None => pipeline.seek_simple(
+                    gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                    gst::ClockTime::ZERO,
+                ),
+            };
             drop(shut);
             match seeked {
                 Ok(()) => gst::debug!(CAT, obj = pipeline, "Next pass of '{}'", location),
@@ -646,6 +675,76 @@ fn push_only_to_plugged(typefind: &gst::Element) -> Result<(), glib::BoolError> 
     Ok(())
 }
 
+/// Told of a flow error that stopped the feeder (see `Shared::on_flow_error`).
+type OnFlow = Arc<dyn Fn(gst::FlowError) + Send + Sync>;
+
+/// A chain fed from a `Feeder` (see `feeder`), and what its start-up needs.
+struct Feeding {
+    feeder: Arc<Feeder>,
+    /// The file's type.
+    caps: gst::Caps,
+    plugger: Arc<Plugger>,
+    on_flow: OnFlow,
+    /// Decoded buffers held at audioconvert until the output format is known (the feeding
+    /// thread cannot wait there: it is the one to set it); `None` once they went on.
+    held: Arc<Mutex<Option<Vec<gst::Buffer>>>>,
+    /// The feeder's task feeds the rest of the file.
+    handed_over: bool,
+}
+
+impl std::fmt::Debug for Feeding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeding")
+            .field("feeder", &self.feeder)
+            .field("caps", &self.caps)
+            .field("handed_over", &self.handed_over)
+            .finish()
+    }
+}
+
+/// What feeds the rest of a fed file (see `PcmCache::set_feed`). While start-ups are under way
+/// (`startup::decoders_yield`), the readers feed it on their own threads, as far as they read:
+/// a start-up storm creates no feeding threads, and decodes no more than is played (fifty
+/// elements starting together took a quarter less CPU to their first buffers). Once they are
+/// over, the feeder's task feeds the rest (from GStreamer's thread pool), and readers wait for
+/// it again.
+fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_flow: OnFlow) -> FeedHook {
+    let started = AtomicBool::new(false);
+    let (feeder, cache) = (Arc::downgrade(feeder), Arc::downgrade(cache));
+    Arc::new(move || {
+        if started.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(feeder) = feeder.upgrade() else {
+            return false;
+        };
+        if !startup::decoders_yield() {
+            if !started.swap(true, Ordering::SeqCst) {
+                if let Some(cache) = cache.upgrade() {
+                    cache.set_feed(None);
+                }
+                if let Err(err) = feeder.start_task(on_flow.clone()) {
+                    gst::warning!(CAT, obj = feeder.pad(), "Cannot start feeding: {}", err);
+                    on_flow(gst::FlowError::Error);
+                }
+            }
+            // The reader waits for the task, which may itself be waiting for the reader (a
+            // decoder gives way to start-ups while it is ahead): it must not wait for the task
+            // to let go of the feeder.
+            return false;
+        }
+        gst::log!(
+            CAT,
+            obj = feeder.pad(),
+            "A reader feeds (start-ups under way)"
+        );
+        matches!(
+            without_waiting(|| feeder.feed(START_BLOCK, false, &*on_flow)),
+            Fed::Block | Fed::End
+        )
+    })
+}
+
 #[derive(Debug)]
 pub struct Decoder {
     pipeline: gst::Pipeline,
@@ -659,6 +758,8 @@ pub struct Decoder {
     /// Set when shutting down, under the lock plugging holds (see `autoplug`): nothing is
     /// plugged from then on.
     closing: Arc<Mutex<bool>>,
+    /// A local file fed to its parser (see `feeder`), rather than read by `filesrc ! typefind`.
+    feeding: Option<Feeding>,
 }
 
 impl Decoder {
@@ -666,11 +767,16 @@ impl Decoder {
     /// format arrives on `shared` (`Shared::wait_native`); failures too, and are returned here
     /// as well when they happen at once. `output`, when already known, is the format to
     /// convert to (`start_output` may still change it).
+    ///
+    /// `take_turn` is called before a chain that is not fed (see `feeder`) starts: its start-up
+    /// runs on other threads from then on (see `startup`). A fed chain starts here, on the
+    /// caller's thread, and takes no turn.
     pub fn start(
         uri: &str,
         file: Option<&Path>,
         shared: &Arc<Shared>,
         output: Option<&gst_audio::AudioInfo>,
+        take_turn: &dyn Fn(),
     ) -> Result<Decoder, gst::ErrorMessage> {
         let decoder = Self::build(uri, file, shared, output).map_err(|err| {
             let err = gst::error_msg!(
@@ -684,6 +790,12 @@ impl Decoder {
             shared.on_error(err.clone());
             err
         })?;
+
+        if let Some(feeding) = &decoder.feeding {
+            decoder.start_feeding(feeding)?;
+            return Ok(decoder);
+        }
+        take_turn();
 
         // The state changes run on a thread of GStreamer's pool, not the caller's: some sources
         // connect or open inside them (rtmp://, srt:// as a caller, a file on a hung network
@@ -731,6 +843,56 @@ impl Decoder {
             );
         });
         Ok(decoder)
+    }
+
+    /// Starts a fed chain on the caller's thread, and feeds it until the stream shows its
+    /// format: a local file opens and decodes its first frames without waiting for a network
+    /// or anyone else, so no other thread is needed before the first buffer. The first decoded
+    /// buffers are held (`Feeding::held`) until the output format is known; the end of the
+    /// file is held too, unless the stream ended without showing a format.
+    fn start_feeding(&self, feeding: &Feeding) -> Result<(), gst::ErrorMessage> {
+        let fail = |err: gst::ErrorMessage| {
+            self.shared.on_error(err.clone());
+            err
+        };
+        {
+            let shut = lock(&self.control);
+            if !*shut && self.pipeline.set_state(gst::State::Playing).is_err() {
+                return Err(fail(self.shared.lock().error.clone().unwrap_or_else(
+                    || {
+                        gst::error_msg!(
+                            gst::ResourceError::OpenRead,
+                            ("Could not open '{}'", self.shared.location)
+                        )
+                    },
+                )));
+            }
+        }
+        let feeder = &feeding.feeder;
+        feeder
+            .activate(&feeding.caps, &self.shared.location)
+            .map_err(|err| {
+                fail(gst::error_msg!(
+                    gst::CoreError::Failed,
+                    ("Cannot read '{}': {}", self.shared.location, err)
+                ))
+            })?;
+        feeding.plugger.plug(feeder.pad(), &feeding.caps, &[]);
+        let shared = &self.shared;
+        let fed = without_waiting(|| {
+            feeder.feed_until(START_BLOCK, true, &|| shared.settled(), &*feeding.on_flow)
+        });
+        if fed == Fed::End && !shared.settled() {
+            // Ended without a format: the end goes down, for the decoder to say what it found.
+            without_waiting(|| feeder.feed(START_BLOCK, false, &*feeding.on_flow));
+        }
+        gst::debug!(
+            CAT,
+            obj = self.pipeline,
+            "Started decoding '{}' (fed)",
+            self.shared.location
+        );
+        Ok(())
     }
 
     /// Whether the source is live: it produces in real time and cannot be read ahead. Known
@@ -799,14 +961,47 @@ impl Decoder {
         // Hold decoded data back until the output format is known (see `start_output`); caps
         // and other events still pass, so the native format can be read off the pad.
         let convert_sink = pad_of(&convert, "sink")?;
-        let block = convert_sink
-            .add_probe(
+        // A local file whose type a parser takes is fed to it (see `feeder`).
+        let fed = file.and_then(|path| {
+            let feeder = Feeder::open(path, &shared.location).ok()?;
+            let caps = feeder.type_find(path)?;
+            let first = decodable_list(&caps).first().cloned()?;
+            (autoplug::is_parser(&first) && autoplug::is_linear(&first)).then_some((feeder, caps))
+        });
+        let held: Arc<Mutex<Option<Vec<gst::Buffer>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+        let block = if fed.is_some() {
+            // The thread that feeds the start-up sets the output format next: held, not
+            // blocked.
+            let held = held.clone();
+            convert_sink.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                move |_, info| {
+                    let mut held = lock(&held);
+                    let Some(stash) = held.as_mut() else {
+                        return gst::PadProbeReturn::Ok;
+                    };
+                    match info.data.take() {
+                        Some(gst::PadProbeData::Buffer(buffer)) => stash.push(buffer),
+                        Some(gst::PadProbeData::BufferList(list)) => {
+                            stash.extend(list.iter_owned())
+                        }
+                        other => {
+                            info.data = other;
+                            return gst::PadProbeReturn::Ok;
+                        }
+                    }
+                    gst::PadProbeReturn::Handled
+                },
+            )
+        } else {
+            convert_sink.add_probe(
                 gst::PadProbeType::BLOCK
                     | gst::PadProbeType::BUFFER
                     | gst::PadProbeType::BUFFER_LIST,
                 |_, _| gst::PadProbeReturn::Ok,
             )
-            .ok_or_else(|| glib::bool_error!("cannot block the decode chain"))?;
+        }
+        .ok_or_else(|| glib::bool_error!("cannot block the decode chain"))?;
 
         // The stream's tags (title, artist, …), for the elements to send downstream; and a
         // format change half-way to channels without positions, which audioconvert cannot map
@@ -899,16 +1094,16 @@ impl Decoder {
         };
 
         let closing = Arc::new(Mutex::new(false));
+        let weak_flow = Arc::downgrade(shared);
+        let on_flow: OnFlow = Arc::new(move |flow| {
+            if let Some(shared) = weak_flow.upgrade() {
+                shared.on_flow_error(flow);
+            }
+        });
+        let mut feeding = None;
         match file {
             Some(path) => {
                 // A local file: plugged here where the chain is a line (see `autoplug`).
-                let filesrc = gst::ElementFactory::make("filesrc")
-                    .property("location", path.to_string_lossy().as_ref())
-                    .build()?;
-                let typefind = gst::ElementFactory::make("typefind").build()?;
-                pipeline.add_many([&filesrc, &typefind])?;
-                filesrc.link(&typefind)?;
-                push_only_to_plugged(&typefind)?;
                 let plugger = Arc::new(Plugger {
                     pipeline: pipeline.downgrade(),
                     closing: closing.clone(),
@@ -920,16 +1115,34 @@ impl Decoder {
                             .map(&decodebin)
                     }),
                 });
-                typefind.connect("have-type", false, move |args| {
-                    let typefind = args.first().and_then(|v| v.get::<gst::Element>().ok());
-                    let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
-                    if let (Some(src), Some(caps)) =
-                        (typefind.and_then(|t| t.static_pad("src")), caps)
-                    {
-                        plugger.plug(&src, &caps, &[]);
-                    }
-                    None
-                });
+                if let Some((feeder, caps)) = fed {
+                    feeding = Some(Feeding {
+                        feeder,
+                        caps,
+                        plugger,
+                        on_flow: on_flow.clone(),
+                        held,
+                        handed_over: false,
+                    });
+                } else {
+                    let filesrc = gst::ElementFactory::make("filesrc")
+                        .property("location", path.to_string_lossy().as_ref())
+                        .build()?;
+                    let typefind = gst::ElementFactory::make("typefind").build()?;
+                    pipeline.add_many([&filesrc, &typefind])?;
+                    filesrc.link(&typefind)?;
+                    push_only_to_plugged(&typefind)?;
+                    typefind.connect("have-type", false, move |args| {
+                        let typefind = args.first().and_then(|v| v.get::<gst::Element>().ok());
+                        let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+                        if let (Some(src), Some(caps)) =
+                            (typefind.and_then(|t| t.static_pad("src")), caps)
+                        {
+                            plugger.plug(&src, &caps, &[]);
+                        }
+                        None
+                    });
+                }
             }
             None => {
                 let source = decodebin(
@@ -945,6 +1158,9 @@ impl Decoder {
         let weak_eos = Arc::downgrade(shared);
         let control = Arc::new(Mutex::new(false));
         let eos_control = control.clone();
+        let eos_feeding = feeding
+            .as_ref()
+            .map(|f: &Feeding| (Arc::downgrade(&f.feeder), f.on_flow.clone()));
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -961,7 +1177,10 @@ impl Decoder {
                         let pipeline = sink
                             .parent()
                             .and_then(|p| p.downcast::<gst::Element>().ok());
-                        shared.on_eos(pipeline, &eos_control);
+                        let feeding = eos_feeding.as_ref().and_then(|(feeder, on_flow)| {
+                            feeder.upgrade().map(|feeder| (feeder, on_flow.clone()))
+                        });
+                        shared.on_eos(pipeline, &eos_control, feeding);
                     }
                 })
                 .build(),
@@ -1002,6 +1221,7 @@ impl Decoder {
             block: Some((convert_sink, block)),
             control,
             closing,
+            feeding,
         })
     }
 
@@ -1040,16 +1260,61 @@ impl Decoder {
         if let Some(tags) = tags {
             cache.merge_tags(&tags);
         }
+        let failed = error.is_some();
         if let Some(err) = error {
             cache.fail(err);
         } else if eos {
             // An empty stream: nothing will be decoded, the pass is over.
+            let feeding = self
+                .feeding
+                .as_ref()
+                .map(|f| (f.feeder.clone(), f.on_flow.clone()));
             self.shared
-                .on_eos(Some(self.pipeline.clone().upcast()), &self.control);
+                .on_eos(Some(self.pipeline.clone().upcast()), &self.control, feeding);
         }
 
-        if let Some((pad, id)) = self.block.take() {
-            pad.remove_probe(id);
+        let block = self.block.take();
+        match self.feeding.as_mut() {
+            Some(feeding) if !feeding.handed_over => {
+                feeding.handed_over = true;
+                let (feeder, on_flow) = (feeding.feeder.clone(), feeding.on_flow.clone());
+                // The held buffers go on first, under the feeder's lock: nothing else is in the
+                // chain meanwhile.
+                let stream = feeder.pad().stream_lock();
+                let held = lock(&feeding.held).take().unwrap_or_default();
+                if let Some((pad, id)) = block {
+                    pad.remove_probe(id);
+                    without_waiting(|| {
+                        for buffer in held {
+                            match pad.chain(buffer) {
+                                Ok(_) => (),
+                                Err(gst::FlowError::Flushing) | Err(gst::FlowError::Eos) => break,
+                                Err(err) => {
+                                    on_flow(err);
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                }
+                drop(stream);
+                if failed {
+                    return Ok(());
+                }
+                // Then this thread, which is to read the first buffer, feeds until it is there;
+                // the feeder's task feeds the rest.
+                let fed = without_waiting(|| {
+                    feeder.feed_until(START_BLOCK, false, &|| cache.has_lead(), &*on_flow)
+                });
+                if fed == Fed::Block {
+                    cache.set_feed(Some(feed_hook(&feeder, &cache, on_flow)));
+                }
+            }
+            _ => {
+                if let Some((pad, id)) = block {
+                    pad.remove_probe(id);
+                }
+            }
         }
         Ok(())
     }
@@ -1072,9 +1337,15 @@ impl Decoder {
         // rather than hold the element's own state change.
         let (done, finished) = std::sync::mpsc::channel();
         let (control, closing) = (self.control.clone(), self.closing.clone());
+        let feeder = self.feeding.as_ref().map(|f| f.feeder.clone());
         self.pipeline.call_async(move |pipeline| {
             let mut shut = lock(&control);
             *shut = true;
+            // A push under way returns (the cache is closed), and the task ends. Let go of
+            // here, not after the pipeline: the file is closed before `shutdown` returns.
+            if let Some(feeder) = feeder {
+                feeder.stop();
+            }
             // Waits for a plugging under way, whose element the sweep below then finds; none
             // starts after this.
             *lock(&closing) = true;

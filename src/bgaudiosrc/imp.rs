@@ -854,6 +854,7 @@ impl BaseSrcImpl for BgAudioSrc {
                     source.file.as_ref().map(|f| f.path.as_path()),
                     &decoder::Shared::new(&source.location),
                     Some(&copy_info),
+                    &|| (),
                 ),
             }
             .and_then(|mut decoder| {
@@ -1139,7 +1140,6 @@ impl BgAudioSrc {
                             // format already need none. Cancelled (a flush), the chain is
                             // started all the same and shut down with the element, so that
                             // those waiting on `shared` are told.
-                            let _ = self.take_turn();
                             let output = self.fixed_output();
                             // Builds the chain and sets it playing; returns at once. A failure
                             // also reaches every element waiting on `shared`.
@@ -1148,6 +1148,9 @@ impl BgAudioSrc {
                                 source.file.as_ref().map(|f| f.path.as_path()),
                                 &shared,
                                 output.as_ref(),
+                                &|| {
+                                    let _ = self.take_turn();
+                                },
                             )
                             .map_err(WaitError::Failed)?;
                             state = self.state();

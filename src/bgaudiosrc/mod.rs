@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 mod autoplug;
 mod cache;
 mod decoder;
+mod feeder;
 mod gain;
 mod imp;
 mod playout;

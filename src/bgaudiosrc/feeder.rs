@@ -1,0 +1,338 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+//! Feeding a local file straight to its parser, from a pad of our own, instead of
+//! `filesrc ! typefind`.
+//!
+//! When the file's type is one a parser takes (MP3, FLAC, ADTS AAC: the usual background
+//! sound), the chain is `feeder ! parser ! decoder ! audioconvert ! audioresample ! appsink`, and
+//! whoever needs the data pushes it: the element's own streaming thread until its first buffer
+//! is decoded (`feed_until`), then a task on the feeder pad for the rest of the file. A start-up
+//! then hands over to no other thread, and creates none before its first buffer: with fifty
+//! elements starting together, that was a third of the threads made and most of the thread
+//! switches (see `startup` for the figures).
+//!
+//! The type is found as typefind finds it in pull mode (the typefinders read the start and the
+//! end of the file: an ID3v1 tag there makes it a tagged file). Anything else (a tag demuxer,
+//! wavparse, a container) keeps `filesrc ! typefind`, which lets them pull.
+//!
+//! The feeder answers the queries a parser asks upstream (the file's size in bytes, push mode
+//! only, not seekable) and loops the file for a streamed copy by rewinding itself (`rewind`),
+//! as a flushing seek to the start would.
+
+use gst::glib;
+use gst::prelude::*;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::CAT;
+
+/// What the task reads at a time (filesrc's block size).
+const BLOCK: usize = 4096;
+/// What the start-up reads at a time: an MP3 frame or two, so a start-up decodes little more
+/// than its first buffer needs.
+pub const START_BLOCK: usize = 1024;
+
+#[derive(Debug)]
+struct Position {
+    offset: u64,
+    /// EOS was pushed: the task has nothing more to do until a rewind.
+    ended: bool,
+}
+
+/// Where `feed` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// A block went down the chain.
+    Block,
+    /// The end of the file: EOS went down the chain (or, when told to hold it, is due).
+    End,
+    /// Nothing to do: EOS went down before (until a rewind).
+    Idle,
+    /// The chain is flushing or failed (a failure is on the chain's bus or given to `on_flow`).
+    Stopped,
+}
+
+#[derive(Debug)]
+pub struct Feeder {
+    pad: gst::Pad,
+    /// Shared with the pad's range function.
+    file: Arc<File>,
+    size: u64,
+    position: Mutex<Position>,
+}
+
+impl Feeder {
+    /// Opens `path` for feeding. `location` names it in the stream id.
+    pub fn open(path: &Path, location: &str) -> std::io::Result<Arc<Feeder>> {
+        let file = Arc::new(File::open(path)?);
+        let size = file.metadata()?.len();
+        let reader = file.clone();
+        let uri = glib::filename_to_uri(path, None).ok();
+        let pad = gst::Pad::builder(gst::PadDirection::Src)
+            .name(format!("bgaudiosrc-feeder:{location}"))
+            // For typefinding only (`type_find`): the chain is fed in push mode.
+            .getrange_function(move |_, _, offset, buffer, length| {
+                if offset >= size {
+                    return Err(gst::FlowError::Eos);
+                }
+                let length = (length as u64).min(size - offset) as usize;
+                let read_into = |buffer: &mut gst::BufferRef| -> Result<(), gst::FlowError> {
+                    let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
+                    let read = reader
+                        .read_at(&mut map[..length], offset)
+                        .map_err(|_| gst::FlowError::Error)?;
+                    drop(map);
+                    buffer.set_size(read);
+                    Ok(())
+                };
+                match buffer {
+                    Some(buffer) if buffer.size() >= length => {
+                        read_into(buffer)?;
+                        Ok(gst::PadGetRangeSuccess::FilledBuffer)
+                    }
+                    _ => {
+                        let mut new =
+                            gst::Buffer::with_size(length).map_err(|_| gst::FlowError::Error)?;
+                        read_into(new.make_mut())?;
+                        Ok(gst::PadGetRangeSuccess::NewBuffer(new))
+                    }
+                }
+            })
+            .query_function(move |_, _, query| match query.view_mut() {
+                gst::QueryViewMut::Scheduling(q) => {
+                    q.set(gst::SchedulingFlags::SEQUENTIAL, 1, -1, 0);
+                    q.add_scheduling_modes([gst::PadMode::Push]);
+                    true
+                }
+                gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Bytes => {
+                    q.set(gst::format::Bytes::from_u64(size));
+                    true
+                }
+                gst::QueryViewMut::Seeking(q) => {
+                    let format = q.format();
+                    q.set(
+                        false,
+                        gst::GenericFormattedValue::none_for_format(format),
+                        gst::GenericFormattedValue::none_for_format(format),
+                    );
+                    true
+                }
+                gst::QueryViewMut::Uri(q) => {
+                    q.set_uri(uri.as_deref());
+                    uri.is_some()
+                }
+                _ => false,
+            })
+            // Seeks from the chain are refused (the feeder rewinds itself); the rest (latency,
+            // QoS, reconfigure) has nothing to act on.
+            .event_function(|_, _, event| !matches!(event.view(), gst::EventView::Seek(_)))
+            .build();
+        Ok(Arc::new(Feeder {
+            pad,
+            file,
+            size,
+            position: Mutex::new(Position {
+                offset: 0,
+                ended: false,
+            }),
+        }))
+    }
+
+    fn position(&self) -> MutexGuard<'_, Position> {
+        self.position.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pad(&self) -> &gst::Pad {
+        &self.pad
+    }
+
+    /// The file's type, as typefind finds it when it can read the whole file: the same helper,
+    /// reading through the pad's range function, with the file's extension as a hint (the
+    /// typefinders for it go first, and the search ends at a certain answer).
+    pub fn type_find(&self, path: &Path) -> Option<gst::Caps> {
+        use glib::translate::{from_glib_full, ToGlibPtr};
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(|e| std::ffi::CString::new(e).ok());
+        let pad: *mut gst::ffi::GstPad = self.pad.to_glib_none().0;
+        let mut caps: *mut gst::ffi::GstCaps = std::ptr::null_mut();
+        let mut probability = gst::ffi::GST_TYPE_FIND_NONE;
+        // SAFETY: as typefind calls it in pull mode: the pad's own range function, given the
+        // pad (`obj`) and its parent; the pad outlives the call, and the caps come back owned.
+        unsafe {
+            let func: gst_base::ffi::GstTypeFindHelperGetRangeFunction =
+                std::mem::transmute((*pad).getrangefunc);
+            gst_base::ffi::gst_type_find_helper_get_range_full(
+                pad as *mut gst::ffi::GstObject,
+                std::ptr::null_mut(),
+                func,
+                self.size,
+                extension.as_ref().map_or(std::ptr::null(), |e| e.as_ptr()),
+                &mut caps,
+                &mut probability,
+            );
+            if caps.is_null() {
+                None
+            } else {
+                Some(from_glib_full(caps))
+            }
+        }
+    }
+
+    /// Activates the pad and queues the stream's start, its type and a segment in bytes, which
+    /// go down with the first block.
+    pub fn activate(&self, caps: &gst::Caps, stream_id: &str) -> Result<(), glib::BoolError> {
+        self.pad.set_active(true)?;
+        let events = [
+            gst::event::StreamStart::builder(stream_id)
+                .group_id(gst::GroupId::next())
+                .build(),
+            gst::event::Caps::new(caps),
+            gst::event::Segment::new(&gst::FormattedSegment::<gst::format::Bytes>::new()),
+        ];
+        for event in events {
+            // Stored on the pad (sticky) until it is linked and data flows.
+            self.pad.push_event(event);
+        }
+        Ok(())
+    }
+
+    /// Reads the next block of at most `block` bytes and pushes it, under the pad's stream lock
+    /// (so the task, the start-up and a rewind take turns). At the end of the file EOS is
+    /// pushed, unless `hold_end`. `on_flow` is told of a flow error nobody posted.
+    pub fn feed(&self, block: usize, hold_end: bool, on_flow: &dyn Fn(gst::FlowError)) -> Fed {
+        let _stream = self.pad.stream_lock();
+        let mut position = self.position();
+        if position.ended {
+            return Fed::Idle;
+        }
+        let offset = position.offset;
+        if offset >= self.size {
+            if hold_end {
+                return Fed::End;
+            }
+            position.ended = true;
+            drop(position);
+            self.pad.push_event(gst::event::Eos::new());
+            return Fed::End;
+        }
+        let length = (block as u64).min(self.size - offset) as usize;
+        let mut data = vec![0u8; length];
+        let read = match self.file.read_at(&mut data, offset) {
+            Ok(0) | Err(_) => {
+                // The file shrank or cannot be read any more: ends here, as filesrc would
+                // with a short read.
+                gst::warning!(CAT, obj = self.pad, "Could not read at offset {}", offset);
+                position.offset = self.size;
+                return if hold_end {
+                    Fed::End
+                } else {
+                    position.ended = true;
+                    drop(position);
+                    self.pad.push_event(gst::event::Eos::new());
+                    Fed::End
+                };
+            }
+            Ok(read) => read,
+        };
+        data.truncate(read);
+        position.offset = offset + read as u64;
+        drop(position);
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        if let Some(buffer) = buffer.get_mut() {
+            buffer.set_offset(offset);
+            buffer.set_offset_end(offset + read as u64);
+            if offset == 0 {
+                buffer.set_flags(gst::BufferFlags::DISCONT);
+            }
+        }
+        let pushed = self.pad.push(buffer);
+        gst::trace!(
+            CAT,
+            obj = self.pad,
+            "Fed {} bytes at {}: {:?}",
+            read,
+            offset,
+            pushed
+        );
+        match pushed {
+            Ok(_) => Fed::Block,
+            Err(gst::FlowError::Flushing) | Err(gst::FlowError::Eos) => Fed::Stopped,
+            Err(err) => {
+                on_flow(err);
+                Fed::Stopped
+            }
+        }
+    }
+
+    /// Feeds blocks of `block` bytes until `done()`, the end of the file (EOS held if
+    /// `hold_end`) or a stop.
+    pub fn feed_until(
+        &self,
+        block: usize,
+        hold_end: bool,
+        done: &dyn Fn() -> bool,
+        on_flow: &dyn Fn(gst::FlowError),
+    ) -> Fed {
+        loop {
+            if done() {
+                return Fed::Block;
+            }
+            match self.feed(block, hold_end, on_flow) {
+                Fed::Block => (),
+                other => return other,
+            }
+        }
+    }
+
+    /// Feeds the rest of the file from a task of the pad's own (GStreamer's thread pool).
+    pub fn start_task(
+        self: &Arc<Self>,
+        on_flow: Arc<dyn Fn(gst::FlowError) + Send + Sync>,
+    ) -> Result<(), glib::BoolError> {
+        let this = Arc::downgrade(self);
+        self.pad.start_task(move || {
+            let Some(this) = this.upgrade() else {
+                return;
+            };
+            let fed = this.feed(BLOCK, false, &*on_flow);
+            if fed != Fed::Block {
+                gst::debug!(CAT, obj = this.pad, "Feeding paused: {:?}", fed);
+                let _ = this.pad.pause_task();
+            }
+        })
+    }
+
+    /// Starts the file again from the top, as a flushing seek to 0 would: the chain is flushed,
+    /// the next block is the file's first, after a new segment. Not from the task's thread.
+    pub fn rewind(
+        self: &Arc<Self>,
+        on_flow: Arc<dyn Fn(gst::FlowError) + Send + Sync>,
+    ) -> Result<(), glib::BoolError> {
+        self.pad.push_event(gst::event::FlushStart::new());
+        self.pad.pause_task()?;
+        {
+            let _stream = self.pad.stream_lock();
+            self.pad.push_event(gst::event::FlushStop::new(true));
+            *self.position() = Position {
+                offset: 0,
+                ended: false,
+            };
+            self.pad
+                .push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+                    gst::format::Bytes,
+                >::new()));
+        }
+        self.start_task(on_flow)
+    }
+
+    /// Stops feeding: the pad flushes (a push under way returns), and the task ends.
+    pub fn stop(&self) {
+        let _ = self.pad.set_active(false);
+        let _ = self.pad.stop_task();
+    }
+}
