@@ -3,7 +3,9 @@
 //! The decode chain of a local file, plugged the way decodebin plugs it, without decodebin where
 //! the chain is a plain line of elements.
 //!
-//! `filesrc ! typefind` finds the stream's type; from there each pad is given the first element
+//! `filesrc ! typefind` finds the stream's type (for a file whose type a parser takes, the same
+//! typefinders read it through the pad that then feeds the parser: see `feeder`); from there
+//! each pad is given the first element
 //! decodebin would give it (the same factory list, in the same order: `decodable_factories`),
 //! as long as that element has one sink pad and one source pad, until the pad shows raw audio.
 //! That covers the usual background sound: MP3 (with or without ID3 tags), FLAC, ADTS AAC, WAV,

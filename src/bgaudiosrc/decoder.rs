@@ -33,10 +33,15 @@ use std::time::{Duration, Instant};
 
 use super::autoplug::{self, Plugger};
 use super::cache::{without_waiting, FeedHook, PcmCache};
-use super::feeder::{Fed, Feeder, START_BLOCK};
+use super::feeder::{Failure, Fed, Feeder, START_BLOCK};
 use super::startup;
 use super::CAT;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The most a fed chain's start-up feeds on the element's thread for its first buffer, once
+/// the format is known: a stream that decodes to nothing for that long is left to the feeder's
+/// task, which the element waits for as for any other decoder.
+const START_BUDGET: u64 = 256 * 1024;
 
 /// How long dropping a `Decoder` waits for its pipeline to reach NULL.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(150);
@@ -162,12 +167,21 @@ impl Shared {
         probe.native.is_some() || probe.error.is_some() || probe.abandoned
     }
 
-    /// A flow error that stopped the feeder, as typefind's task reports one when no element
-    /// said why (`not-negotiated`, `not-linked`).
-    fn on_flow_error(&self, flow: gst::FlowError) {
-        let err = glib::Error::new(gst::StreamError::Failed, "Internal data stream error.");
-        let translated = self.translate(&err, Some(&format!("streaming stopped, reason {flow:?}")));
-        self.on_error(translated);
+    /// What stopped the feeder when no element said: a flow error, reported as typefind's task
+    /// reports one (`not-negotiated`, `not-linked`), or the file failing to read, as filesrc
+    /// reports it.
+    fn on_feed_failure(&self, failure: Failure) {
+        let err = match failure {
+            Failure::Flow(flow) => {
+                let err = glib::Error::new(gst::StreamError::Failed, "Internal data stream error.");
+                self.translate(&err, Some(&format!("streaming stopped, reason {flow:?}")))
+            }
+            Failure::Read(err) => gst::error_msg!(
+                gst::ResourceError::Read,
+                ("Could not read '{}': {}", self.location, err)
+            ),
+        };
+        self.on_error(err);
     }
 
     /// The decode chain is going away: waiters see `Abandoned`.
@@ -303,7 +317,7 @@ impl Shared {
         &self,
         pipeline: Option<gst::Element>,
         control: &Arc<Mutex<bool>>,
-        feeding: Option<(Arc<Feeder>, OnFlow)>,
+        feeding: Option<(Arc<Feeder>, OnFail)>,
     ) {
         let mut probe = self.lock();
         probe.eos = true;
@@ -336,7 +350,7 @@ impl Shared {
                 return;
             }
             let seeked = match feeding {
-                Some((feeder, on_flow)) => feeder.rewind(on_flow),
+                Some((feeder, on_fail)) => feeder.rewind(on_fail),
                 None => pipeline.seek_simple(
                     gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
                     gst::ClockTime::ZERO,
@@ -675,8 +689,8 @@ fn push_only_to_plugged(typefind: &gst::Element) -> Result<(), glib::BoolError> 
     Ok(())
 }
 
-/// Told of a flow error that stopped the feeder (see `Shared::on_flow_error`).
-type OnFlow = Arc<dyn Fn(gst::FlowError) + Send + Sync>;
+/// Told of what stopped the feeder (see `Shared::on_feed_failure`).
+type OnFail = Arc<dyn Fn(Failure) + Send + Sync>;
 
 /// A chain fed from a `Feeder` (see `feeder`), and what its start-up needs.
 struct Feeding {
@@ -684,7 +698,7 @@ struct Feeding {
     /// The file's type.
     caps: gst::Caps,
     plugger: Arc<Plugger>,
-    on_flow: OnFlow,
+    on_fail: OnFail,
     /// Decoded buffers held at audioconvert until the output format is known (the feeding
     /// thread cannot wait there: it is the one to set it); `None` once they went on.
     held: Arc<Mutex<Option<Vec<gst::Buffer>>>>,
@@ -708,7 +722,7 @@ impl std::fmt::Debug for Feeding {
 /// elements starting together took a quarter less CPU to their first buffers). Once they are
 /// over, the feeder's task feeds the rest (from GStreamer's thread pool), and readers wait for
 /// it again.
-fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_flow: OnFlow) -> FeedHook {
+fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_fail: OnFail) -> FeedHook {
     let started = AtomicBool::new(false);
     let (feeder, cache) = (Arc::downgrade(feeder), Arc::downgrade(cache));
     Arc::new(move || {
@@ -723,9 +737,9 @@ fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_flow: OnFlow) -> Fe
                 if let Some(cache) = cache.upgrade() {
                     cache.set_feed(None);
                 }
-                if let Err(err) = feeder.start_task(on_flow.clone()) {
+                if let Err(err) = feeder.start_task(on_fail.clone()) {
                     gst::warning!(CAT, obj = feeder.pad(), "Cannot start feeding: {}", err);
-                    on_flow(gst::FlowError::Error);
+                    on_fail(Failure::Flow(gst::FlowError::Error));
                 }
             }
             // The reader waits for the task, which may itself be waiting for the reader (a
@@ -739,7 +753,7 @@ fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_flow: OnFlow) -> Fe
             "A reader feeds (start-ups under way)"
         );
         matches!(
-            without_waiting(|| feeder.feed(START_BLOCK, false, &*on_flow)),
+            without_waiting(|| feeder.feed(START_BLOCK, false, &*on_fail)),
             Fed::Block | Fed::End
         )
     })
@@ -770,13 +784,15 @@ impl Decoder {
     ///
     /// `take_turn` is called before a chain that is not fed (see `feeder`) starts: its start-up
     /// runs on other threads from then on (see `startup`). A fed chain starts here, on the
-    /// caller's thread, and takes no turn.
+    /// caller's thread, and takes no turn; it stops feeding once `cancelled()` (the caller is
+    /// flushing), its format still unknown.
     pub fn start(
         uri: &str,
         file: Option<&Path>,
         shared: &Arc<Shared>,
         output: Option<&gst_audio::AudioInfo>,
         take_turn: &dyn Fn(),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Decoder, gst::ErrorMessage> {
         let decoder = Self::build(uri, file, shared, output).map_err(|err| {
             let err = gst::error_msg!(
@@ -792,7 +808,7 @@ impl Decoder {
         })?;
 
         if let Some(feeding) = &decoder.feeding {
-            decoder.start_feeding(feeding)?;
+            decoder.start_feeding(feeding, cancelled)?;
             return Ok(decoder);
         }
         take_turn();
@@ -850,7 +866,11 @@ impl Decoder {
     /// or anyone else, so no other thread is needed before the first buffer. The first decoded
     /// buffers are held (`Feeding::held`) until the output format is known; the end of the
     /// file is held too, unless the stream ended without showing a format.
-    fn start_feeding(&self, feeding: &Feeding) -> Result<(), gst::ErrorMessage> {
+    fn start_feeding(
+        &self,
+        feeding: &Feeding,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), gst::ErrorMessage> {
         let fail = |err: gst::ErrorMessage| {
             self.shared.on_error(err.clone());
             err
@@ -880,11 +900,17 @@ impl Decoder {
         feeding.plugger.plug(feeder.pad(), &feeding.caps, &[]);
         let shared = &self.shared;
         let fed = without_waiting(|| {
-            feeder.feed_until(START_BLOCK, true, &|| shared.settled(), &*feeding.on_flow)
+            feeder.feed_until(
+                START_BLOCK,
+                true,
+                u64::MAX,
+                &|| shared.settled() || cancelled(),
+                &*feeding.on_fail,
+            )
         });
         if fed == Fed::End && !shared.settled() {
             // Ended without a format: the end goes down, for the decoder to say what it found.
-            without_waiting(|| feeder.feed(START_BLOCK, false, &*feeding.on_flow));
+            without_waiting(|| feeder.feed(START_BLOCK, false, &*feeding.on_fail));
         }
         gst::debug!(
             CAT,
@@ -1095,9 +1121,9 @@ impl Decoder {
 
         let closing = Arc::new(Mutex::new(false));
         let weak_flow = Arc::downgrade(shared);
-        let on_flow: OnFlow = Arc::new(move |flow| {
+        let on_fail: OnFail = Arc::new(move |failure| {
             if let Some(shared) = weak_flow.upgrade() {
-                shared.on_flow_error(flow);
+                shared.on_feed_failure(failure);
             }
         });
         let mut feeding = None;
@@ -1120,7 +1146,7 @@ impl Decoder {
                         feeder,
                         caps,
                         plugger,
-                        on_flow: on_flow.clone(),
+                        on_fail: on_fail.clone(),
                         held,
                         handed_over: false,
                     });
@@ -1160,7 +1186,7 @@ impl Decoder {
         let eos_control = control.clone();
         let eos_feeding = feeding
             .as_ref()
-            .map(|f: &Feeding| (Arc::downgrade(&f.feeder), f.on_flow.clone()));
+            .map(|f: &Feeding| (Arc::downgrade(&f.feeder), f.on_fail.clone()));
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -1177,8 +1203,8 @@ impl Decoder {
                         let pipeline = sink
                             .parent()
                             .and_then(|p| p.downcast::<gst::Element>().ok());
-                        let feeding = eos_feeding.as_ref().and_then(|(feeder, on_flow)| {
-                            feeder.upgrade().map(|feeder| (feeder, on_flow.clone()))
+                        let feeding = eos_feeding.as_ref().and_then(|(feeder, on_fail)| {
+                            feeder.upgrade().map(|feeder| (feeder, on_fail.clone()))
                         });
                         shared.on_eos(pipeline, &eos_control, feeding);
                     }
@@ -1268,7 +1294,7 @@ impl Decoder {
             let feeding = self
                 .feeding
                 .as_ref()
-                .map(|f| (f.feeder.clone(), f.on_flow.clone()));
+                .map(|f| (f.feeder.clone(), f.on_fail.clone()));
             self.shared
                 .on_eos(Some(self.pipeline.clone().upcast()), &self.control, feeding);
         }
@@ -1277,7 +1303,7 @@ impl Decoder {
         match self.feeding.as_mut() {
             Some(feeding) if !feeding.handed_over => {
                 feeding.handed_over = true;
-                let (feeder, on_flow) = (feeding.feeder.clone(), feeding.on_flow.clone());
+                let (feeder, on_fail) = (feeding.feeder.clone(), feeding.on_fail.clone());
                 // The held buffers go on first, under the feeder's lock: nothing else is in the
                 // chain meanwhile.
                 let stream = feeder.pad().stream_lock();
@@ -1290,7 +1316,7 @@ impl Decoder {
                                 Ok(_) => (),
                                 Err(gst::FlowError::Flushing) | Err(gst::FlowError::Eos) => break,
                                 Err(err) => {
-                                    on_flow(err);
+                                    on_fail(Failure::Flow(err));
                                     break;
                                 }
                             }
@@ -1304,10 +1330,16 @@ impl Decoder {
                 // Then this thread, which is to read the first buffer, feeds until it is there;
                 // the feeder's task feeds the rest.
                 let fed = without_waiting(|| {
-                    feeder.feed_until(START_BLOCK, false, &|| cache.has_lead(), &*on_flow)
+                    feeder.feed_until(
+                        START_BLOCK,
+                        false,
+                        START_BUDGET,
+                        &|| cache.has_lead(),
+                        &*on_fail,
+                    )
                 });
                 if fed == Fed::Block {
-                    cache.set_feed(Some(feed_hook(&feeder, &cache, on_flow)));
+                    cache.set_feed(Some(feed_hook(&feeder, &cache, on_fail)));
                 }
             }
             _ => {

@@ -6,10 +6,18 @@
 //! When the file's type is one a parser takes (MP3, FLAC, ADTS AAC: the usual background
 //! sound), the chain is `feeder ! parser ! decoder ! audioconvert ! audioresample ! appsink`, and
 //! whoever needs the data pushes it: the element's own streaming thread until its first buffer
-//! is decoded (`feed_until`), then a task on the feeder pad for the rest of the file. A start-up
-//! then hands over to no other thread, and creates none before its first buffer: with fifty
-//! elements starting together, that was a third of the threads made and most of the thread
-//! switches (see `startup` for the figures).
+//! is decoded (`feed_until`), its readers while other elements are starting (the decoder's
+//! `feed_hook`), then a task on the feeder pad for the rest of the file. A start-up hands over
+//! to no other thread, and creates none before its first buffer.
+//!
+//! Measured with `cargo run --release --example bench -- startup` (50 elements on 50 distinct
+//! 5 s MP3s, one pipeline, 2 cores): first buffers 20.0 median and 35.6 at worst, with 61 ms of
+//! CPU to the last one, against 22.5, 38.7 and 67 through `filesrc ! typefind` (8 alternating
+//! runs); with readers feeding while start-ups are under way instead of a task started at once,
+//! 51 ms of CPU against 68; and without start-up turns for fed files (see `startup`), 15–17 and
+//! 27–28 with 47 ms of CPU, where the stock chain took 28–31, 52–54 and 92–95. Reading the file
+//! 1 KiB at a time while starting measured the same as 512 bytes; 4 KiB (filesrc's block)
+//! decoded a quarter of a second of MP3 at once and took 51 ms at the median.
 //!
 //! The type is found as typefind finds it in pull mode (the typefinders read the start and the
 //! end of the file: an ID3v1 tag there makes it a tagged file). Anything else (a tag demuxer,
@@ -42,6 +50,15 @@ struct Position {
     ended: bool,
 }
 
+/// Why feeding stopped, when nobody else says so on the chain's bus.
+#[derive(Debug)]
+pub enum Failure {
+    /// A flow error no element posted an error for (`not-negotiated`, `not-linked`).
+    Flow(gst::FlowError),
+    /// The file could not be read.
+    Read(std::io::Error),
+}
+
 /// Where `feed` stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fed {
@@ -51,7 +68,7 @@ pub enum Fed {
     End,
     /// Nothing to do: EOS went down before (until a rewind).
     Idle,
-    /// The chain is flushing or failed (a failure is on the chain's bus or given to `on_flow`).
+    /// The chain is flushing or failed (a failure is on the chain's bus or given to `on_fail`).
     Stopped,
 }
 
@@ -203,8 +220,8 @@ impl Feeder {
 
     /// Reads the next block of at most `block` bytes and pushes it, under the pad's stream lock
     /// (so the task, the start-up and a rewind take turns). At the end of the file EOS is
-    /// pushed, unless `hold_end`. `on_flow` is told of a flow error nobody posted.
-    pub fn feed(&self, block: usize, hold_end: bool, on_flow: &dyn Fn(gst::FlowError)) -> Fed {
+    /// pushed, unless `hold_end`. `on_fail` is told of a failure nobody posted.
+    pub fn feed(&self, block: usize, hold_end: bool, on_fail: &dyn Fn(Failure)) -> Fed {
         let _stream = self.pad.stream_lock();
         let mut position = self.position();
         if position.ended {
@@ -223,19 +240,22 @@ impl Feeder {
         let length = (block as u64).min(self.size - offset) as usize;
         let mut data = vec![0u8; length];
         let read = match self.file.read_at(&mut data, offset) {
-            Ok(0) | Err(_) => {
-                // The file shrank or cannot be read any more: ends here, as filesrc would
-                // with a short read.
-                gst::warning!(CAT, obj = self.pad, "Could not read at offset {}", offset);
+            Ok(0) => {
+                // The file shrank: it ends here, as filesrc ends at a short read.
+                gst::warning!(CAT, obj = self.pad, "The file ends early, at {}", offset);
                 position.offset = self.size;
-                return if hold_end {
-                    Fed::End
-                } else {
-                    position.ended = true;
-                    drop(position);
-                    self.pad.push_event(gst::event::Eos::new());
-                    Fed::End
-                };
+                if hold_end {
+                    return Fed::End;
+                }
+                position.ended = true;
+                drop(position);
+                self.pad.push_event(gst::event::Eos::new());
+                return Fed::End;
+            }
+            Err(err) => {
+                drop(position);
+                on_fail(Failure::Read(err));
+                return Fed::Stopped;
             }
             Ok(read) => read,
         };
@@ -263,27 +283,29 @@ impl Feeder {
             Ok(_) => Fed::Block,
             Err(gst::FlowError::Flushing) | Err(gst::FlowError::Eos) => Fed::Stopped,
             Err(err) => {
-                on_flow(err);
+                on_fail(Failure::Flow(err));
                 Fed::Stopped
             }
         }
     }
 
-    /// Feeds blocks of `block` bytes until `done()`, the end of the file (EOS held if
-    /// `hold_end`) or a stop.
+    /// Feeds blocks of `block` bytes until `done()`, `budget` bytes were fed (then it returns
+    /// `Block`), the end of the file (EOS held if `hold_end`) or a stop.
     pub fn feed_until(
         &self,
         block: usize,
         hold_end: bool,
+        budget: u64,
         done: &dyn Fn() -> bool,
-        on_flow: &dyn Fn(gst::FlowError),
+        on_fail: &dyn Fn(Failure),
     ) -> Fed {
+        let mut fed = 0u64;
         loop {
-            if done() {
+            if done() || fed >= budget {
                 return Fed::Block;
             }
-            match self.feed(block, hold_end, on_flow) {
-                Fed::Block => (),
+            match self.feed(block, hold_end, on_fail) {
+                Fed::Block => fed += block as u64,
                 other => return other,
             }
         }
@@ -292,14 +314,14 @@ impl Feeder {
     /// Feeds the rest of the file from a task of the pad's own (GStreamer's thread pool).
     pub fn start_task(
         self: &Arc<Self>,
-        on_flow: Arc<dyn Fn(gst::FlowError) + Send + Sync>,
+        on_fail: Arc<dyn Fn(Failure) + Send + Sync>,
     ) -> Result<(), glib::BoolError> {
         let this = Arc::downgrade(self);
         self.pad.start_task(move || {
             let Some(this) = this.upgrade() else {
                 return;
             };
-            let fed = this.feed(BLOCK, false, &*on_flow);
+            let fed = this.feed(BLOCK, false, &*on_fail);
             if fed != Fed::Block {
                 gst::debug!(CAT, obj = this.pad, "Feeding paused: {:?}", fed);
                 let _ = this.pad.pause_task();
@@ -311,7 +333,7 @@ impl Feeder {
     /// the next block is the file's first, after a new segment. Not from the task's thread.
     pub fn rewind(
         self: &Arc<Self>,
-        on_flow: Arc<dyn Fn(gst::FlowError) + Send + Sync>,
+        on_fail: Arc<dyn Fn(Failure) + Send + Sync>,
     ) -> Result<(), glib::BoolError> {
         self.pad.push_event(gst::event::FlushStart::new());
         self.pad.pause_task()?;
@@ -327,7 +349,7 @@ impl Feeder {
                     gst::format::Bytes,
                 >::new()));
         }
-        self.start_task(on_flow)
+        self.start_task(on_fail)
     }
 
     /// Stops feeding: the pad flushes (a push under way returns), and the task ends.

@@ -855,6 +855,7 @@ impl BaseSrcImpl for BgAudioSrc {
                     &decoder::Shared::new(&source.location),
                     Some(&copy_info),
                     &|| (),
+                    &|| self.flushing.load(Ordering::SeqCst),
                 ),
             }
             .and_then(|mut decoder| {
@@ -1135,11 +1136,12 @@ impl BgAudioSrc {
                         Probe::Own(shared) => {
                             starting.waiting = Some(shared.clone());
                             drop(state);
-                            // Starting a decode chain is the costly part of a start-up: taken
-                            // in turns (see `startup`). Elements that join a probe or know the
-                            // format already need none. Cancelled (a flush), the chain is
-                            // started all the same and shut down with the element, so that
-                            // those waiting on `shared` are told.
+                            // Starting a decode chain is the costly part of a start-up: one
+                            // that starts on threads of its own takes a turn (see `startup`),
+                            // a fed file none. Elements that join a probe or know the format
+                            // already need none. Cancelled (a flush), the chain is started all
+                            // the same and shut down with the element, so that those waiting
+                            // on `shared` are told.
                             let output = self.fixed_output();
                             // Builds the chain and sets it playing; returns at once. A failure
                             // also reaches every element waiting on `shared`.
@@ -1151,6 +1153,7 @@ impl BgAudioSrc {
                                 &|| {
                                     let _ = self.take_turn();
                                 },
+                                &|| self.flushing.load(Ordering::SeqCst),
                             )
                             .map_err(WaitError::Failed)?;
                             state = self.state();
