@@ -112,6 +112,22 @@ fn flac_equals_reference_chain() {
     assert_same_as_reference("flac", "flacenc", ANY);
 }
 
+/// ADTS AAC, the third type a parser takes (fed to aacparse, as MP3 and FLAC are fed to theirs),
+/// resampled from 44.1 to 48 kHz.
+#[test]
+fn adts_aac_equals_reference_chain() {
+    init();
+    if gst::ElementFactory::find("avenc_aac").is_none() {
+        eprintln!("avenc_aac not installed: skipped");
+        return;
+    }
+    assert_same_as_reference(
+        "aac",
+        "avenc_aac ! aacparse ! audio/mpeg,stream-format=adts",
+        ",rate=48000",
+    );
+}
+
 #[test]
 fn wav_equals_reference_chain() {
     assert_same_as_reference("wav", "wavenc", ANY);
