@@ -214,53 +214,61 @@ fn null_right_after_playing_two_hundred_times_never_hangs_or_leaks() {
 }
 
 /// A streamed file whose passes end every few milliseconds (each end puts a new resampler in
-/// its chain and seeks it back), stopped at moments spread over its seams: no GStreamer warning
-/// or critical, no error, NULL in well under a second, and it plays again afterwards. (The
-/// decode chain's own elements may still log "not negotiated" at GStreamer's WARNING debug
-/// level when a stop meets a seam: see `fresh_resampler`.)
+/// its chain and seeks it back, or rewinds the feeder of an MP3 or FLAC), stopped at moments
+/// spread over its seams: no GStreamer warning or critical, no error, NULL in well under a
+/// second, and it plays again afterwards. (The decode chain's own elements may still log "not
+/// negotiated" at GStreamer's WARNING debug level when a stop meets a seam: see
+/// `fresh_resampler`.)
 #[test]
 fn stopping_a_streamed_file_at_its_seams_is_clean() {
     let _serial = serial();
     init();
-    // 91 ms at 44.1 kHz (40 whole periods), played at 48 kHz: 19 kB decoded against a 4 kB
-    // limit.
-    let wav = fixture_dir("lifecycle").join("tenth.wav");
-    make_sine(&wav, 44_100, 2, 441.0, 4_000, "wavenc");
-    let desc = format!(
-        "bgaudiosrc location=\"{}\" loop=true max-cache-size=4000 \
-         ! audio/x-raw,rate=48000 ! fakesink sync=false",
-        wav.display()
-    );
-    let complaints = Complaints::listen();
-    let mut longest = std::time::Duration::ZERO;
-    let mut errors = Vec::new();
-    for i in 0..40u64 {
-        let p = pipeline(&desc);
-        p.set_state(gst::State::Playing).unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(500 * (i % 20)));
-        let started = std::time::Instant::now();
-        p.set_state(gst::State::Null).unwrap();
-        longest = longest.max(started.elapsed());
-        let bus = p.bus().unwrap();
-        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-            errors.push(format!("{msg:?}"));
+    for (name, encoder) in [
+        ("tenth.wav", "wavenc"),
+        ("tenth.mp3", "lamemp3enc"),
+        ("tenth.flac", "flacenc"),
+    ] {
+        // 91 ms at 44.1 kHz (40 whole periods), played at 48 kHz: 19 kB decoded against a 4 kB
+        // limit.
+        let file = fixture_dir("lifecycle").join(name);
+        make_sine(&file, 44_100, 2, 441.0, 4_000, encoder);
+        let desc = format!(
+            "bgaudiosrc location=\"{}\" loop=true max-cache-size=4000 \
+             ! audio/x-raw,rate=48000 ! fakesink sync=false",
+            file.display()
+        );
+        let complaints = Complaints::listen();
+        let mut longest = std::time::Duration::ZERO;
+        let mut errors = Vec::new();
+        for i in 0..40u64 {
+            let p = pipeline(&desc);
+            p.set_state(gst::State::Playing).unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(500 * (i % 20)));
+            let started = std::time::Instant::now();
+            p.set_state(gst::State::Null).unwrap();
+            longest = longest.max(started.elapsed());
+            let bus = p.bus().unwrap();
+            while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+                errors.push(format!("{msg:?}"));
+            }
         }
+        assert_eq!(complaints.stop(), Vec::<String>::new(), "{name}");
+        assert_eq!(errors, Vec::<String>::new(), "{name}");
+        assert!(
+            longest < std::time::Duration::from_secs(1),
+            "{name}: NULL took {longest:?}"
+        );
+        let out = bgaudio(
+            &file,
+            "loop=true max-cache-size=4000",
+            &s16(",rate=48000"),
+            Some(20_000),
+        );
+        assert!(
+            out.error.is_none() && out.samples.len() >= 2 * 20_000,
+            "{name}: {:?}, {} samples",
+            out.error,
+            out.samples.len()
+        );
     }
-    assert_eq!(complaints.stop(), Vec::<String>::new());
-    assert_eq!(errors, Vec::<String>::new());
-    assert!(
-        longest < std::time::Duration::from_secs(1),
-        "NULL took {longest:?}"
-    );
-    let out = bgaudio(
-        &wav,
-        "loop=true max-cache-size=4000",
-        &s16(",rate=48000"),
-        Some(20_000),
-    );
-    assert!(
-        out.error.is_none() && out.samples.len() >= 2 * 20_000,
-        "{:?}",
-        out.error
-    );
 }

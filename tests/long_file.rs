@@ -394,3 +394,41 @@ fn streamed_mp3_and_flac_passes_repeat_the_first() {
         }
     }
 }
+
+/// A streamed file so short that its element's start-up decodes a whole pass before any task
+/// feeds it (one FLAC frame, or a few MP3 frames, for 4,000 frames against a 4 kB limit): it
+/// loops all the same, each pass the first one again, at the file's rate and resampled.
+#[test]
+fn a_streamed_file_whose_start_up_fed_a_whole_pass_loops() {
+    let _serial = serial();
+    init();
+    for (name, encoder) in [("tenth.mp3", "lamemp3enc"), ("tenth.flac", "flacenc")] {
+        let path = fixture_dir("long_file").join(name);
+        make_sine(&path, 44_100, 2, 441.0, 4_000, encoder);
+        for rate in [44_100, 48_000] {
+            let caps = s16(&format!(",rate={rate},channels=2"));
+            let once = bgaudio(&path, "", &caps, None);
+            assert!(once.eos, "{name} at {rate}: {:?}", once.error);
+            let pass = once.samples.len();
+            let looped = bgaudio(
+                &path,
+                "loop=true max-cache-size=4000",
+                &caps,
+                Some(5 * pass / 2 + 1000),
+            );
+            assert!(looped.error.is_none(), "{name}: {:?}", looped.error);
+            assert!(
+                looped.samples.len() >= 5 * pass,
+                "{name} at {rate}: {} samples, a pass is {pass}",
+                looped.samples.len()
+            );
+            for (i, chunk) in looped.samples.chunks(pass).take(5).enumerate() {
+                assert_eq!(
+                    chunk,
+                    &once.samples[..],
+                    "{name} at {rate}: pass {i} differs"
+                );
+            }
+        }
+    }
+}

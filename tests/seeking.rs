@@ -414,3 +414,79 @@ fn a_non_flushing_seek_plays_on_from_the_new_position() {
     assert_eq!(after.len(), 24_000 * 2);
     assert!(after[..] == reference.samples[480_000 * 2..504_000 * 2]);
 }
+
+/// Flushing seeks sent while the element is still starting (its streaming thread feeding an
+/// MP3 to its parser until the format shows, see `src/bgaudiosrc/feeder.rs`), at moments spread
+/// over the start-up: the start-up goes on after each flush, and the file plays whole from the
+/// last seek to EOS, as the stock chain decodes it. Each round plays a file of its own: a file
+/// probed before starts without feeding.
+#[test]
+fn flushing_seeks_while_starting_then_the_whole_file_plays() {
+    init();
+    let dir = fixture_dir("seeking");
+    let source = dir.join("starting.mp3");
+    make_sine(&source, 44_100, 2, 440.0, 66_000, "lamemp3enc");
+    let reference = reference(&source, &caps()).samples;
+    assert!(reference.len() > 100_000, "reference too short");
+    for round in 0..40u64 {
+        let path = dir.join(format!("starting-{round}.mp3"));
+        make_once(&path, |tmp| {
+            std::fs::copy(&source, tmp).expect("copy");
+        });
+        let pipeline = pipeline(&format!(
+            "bgaudiosrc name=bg timeout=5000000000 location=\"{}\" ! {} \
+             ! appsink name=sink sync=false",
+            path.display(),
+            caps()
+        ));
+        let bg = pipeline.by_name("bg").unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let out = samples.clone();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                    out.lock()
+                        .unwrap()
+                        .extend(samples_of(sample.buffer().unwrap()));
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline.set_state(gst::State::Playing).unwrap();
+        std::thread::sleep(Duration::from_micros(200 * (round % 20)));
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(30) && samples.lock().unwrap().is_empty() {
+            bg.send_event(gst::event::Seek::new(
+                1.0,
+                gst::SeekFlags::FLUSH,
+                gst::SeekType::Set,
+                gst::ClockTime::ZERO,
+                gst::SeekType::None,
+                gst::ClockTime::NONE,
+            ));
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        let msg = pipeline.bus().unwrap().timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        pipeline.set_state(gst::State::Null).unwrap();
+        match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Eos(_)) => (),
+            other => panic!("round {round}: {other:?}"),
+        }
+        let ours = samples.lock().unwrap();
+        assert!(
+            ours.ends_with(&reference),
+            "round {round}: {} samples, not ending with the file's {}",
+            ours.len(),
+            reference.len()
+        );
+    }
+}

@@ -392,9 +392,13 @@ impl PcmCache {
 
     /// Lets readers that run out of decoded frames feed the decoder themselves, on their own
     /// thread, instead of waiting for it (`None`: they wait). A decode chain does this while
-    /// start-ups are under way, so it needs no thread of its own yet (see `feeder`).
+    /// start-ups are under way, so it needs no thread of its own yet (see `feeder`). Readers
+    /// waiting already look again.
     pub fn set_feed(&self, feed: Option<FeedHook>) {
         self.feed.lock().unwrap_or_else(|e| e.into_inner()).0 = feed;
+        // Under the lock a reader looks at the hook with: none misses it.
+        let _filling = self.lock();
+        self.cond.notify_all();
     }
 
     fn feed_hook(&self) -> Option<FeedHook> {

@@ -3,9 +3,10 @@
 //! The decode chain: a private pipeline `SOURCE ! audioconvert ! audioresample ! appsink` that
 //! turns the file into interleaved S16 at the negotiated rate and channel count and appends it
 //! to a `PcmCache` (the appsink's caps are the output format). SOURCE is, for a local file whose
-//! type a parser takes (MP3, FLAC, AAC), a `Feeder` pad pushing the file to that parser (see
-//! `feeder`); for any other local file `filesrc ! typefind`; both followed by the decoders
-//! `autoplug` plugs. Any other URI is read by `uridecodebin`.
+//! type a parser takes (MP3, FLAC, ADTS AAC and others, see `feeder`), a `Feeder` pad pushing
+//! the file to that parser; for any other local file `filesrc ! typefind` (told the type found
+//! already); both followed by the decoders `autoplug` plugs. Any other URI is read by
+//! `uridecodebin`.
 //!
 //! The caller never waits for a source. `Decoder::start` builds the pipeline and, for anything
 //! but a fed file, hands its state changes to a GStreamer pool thread and returns; decoded data
@@ -180,6 +181,14 @@ impl Shared {
                 gst::ResourceError::Read,
                 ("Could not read '{}': {}", self.location, err)
             ),
+            Failure::Task(err) => gst::error_msg!(
+                gst::CoreError::Thread,
+                (
+                    "Could not start a thread to read '{}': {}",
+                    self.location,
+                    err
+                )
+            ),
         };
         self.on_error(err);
     }
@@ -350,7 +359,10 @@ impl Shared {
                 return;
             }
             let seeked = match feeding {
-                Some((feeder, on_fail)) => feeder.rewind(on_fail),
+                Some((feeder, on_fail)) => {
+                    feeder.rewind(on_fail);
+                    Ok(())
+                }
                 None => pipeline.seek_simple(
                     gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
                     gst::ClockTime::ZERO,
@@ -692,6 +704,33 @@ fn push_only_to_plugged(typefind: &gst::Element) -> Result<(), glib::BoolError> 
 /// Told of what stopped the feeder (see `Shared::on_feed_failure`).
 type OnFail = Arc<dyn Fn(Failure) + Send + Sync>;
 
+/// What a fed chain's start-up holds at audioconvert until the output format is known (see
+/// `Feeding::held`).
+#[derive(Debug)]
+enum Held {
+    Buffer(gst::Buffer),
+    List(gst::BufferList),
+    /// A serialized event after the first buffer.
+    Event(gst::Event),
+}
+
+impl Held {
+    /// Sends it on into `pad`, as its peer would have.
+    fn send(self, pad: &gst::Pad) -> Result<(), gst::FlowError> {
+        match self {
+            Held::Buffer(buffer) => pad.chain(buffer).map(|_| ()),
+            Held::List(list) => pad.chain_list(list).map(|_| ()),
+            Held::Event(event) => {
+                pad.send_event(event);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `Held` things in stream order; `None` once they went on.
+type Stash = Arc<Mutex<Option<Vec<Held>>>>;
+
 /// A chain fed from a `Feeder` (see `feeder`), and what its start-up needs.
 struct Feeding {
     feeder: Arc<Feeder>,
@@ -699,9 +738,9 @@ struct Feeding {
     caps: gst::Caps,
     plugger: Arc<Plugger>,
     on_fail: OnFail,
-    /// Decoded buffers held at audioconvert until the output format is known (the feeding
-    /// thread cannot wait there: it is the one to set it); `None` once they went on.
-    held: Arc<Mutex<Option<Vec<gst::Buffer>>>>,
+    /// Decoded buffers, and the events after them, held at audioconvert until the output
+    /// format is known (the feeding thread cannot wait there: it is the one to set it).
+    held: Stash,
     /// The feeder's task feeds the rest of the file.
     handed_over: bool,
 }
@@ -723,28 +762,17 @@ impl std::fmt::Debug for Feeding {
 /// over, the feeder's task feeds the rest (from GStreamer's thread pool), and readers wait for
 /// it again.
 fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_fail: OnFail) -> FeedHook {
-    let started = AtomicBool::new(false);
     let (feeder, cache) = (Arc::downgrade(feeder), Arc::downgrade(cache));
     Arc::new(move || {
-        if started.load(Ordering::SeqCst) {
-            return false;
-        }
         let Some(feeder) = feeder.upgrade() else {
             return false;
         };
         if !startup::decoders_yield() {
-            if !started.swap(true, Ordering::SeqCst) {
-                if let Some(cache) = cache.upgrade() {
-                    cache.set_feed(None);
-                }
-                if let Err(err) = feeder.start_task(on_fail.clone()) {
-                    gst::warning!(CAT, obj = feeder.pad(), "Cannot start feeding: {}", err);
-                    on_fail(Failure::Flow(gst::FlowError::Error));
-                }
+            if let Some(cache) = cache.upgrade() {
+                cache.set_feed(None);
             }
-            // The reader waits for the task, which may itself be waiting for the reader (a
-            // decoder gives way to start-ups while it is ahead): it must not wait for the task
-            // to let go of the feeder.
+            feeder.start_task(on_fail.clone());
+            // The reader waits for the task.
             return false;
         }
         gst::log!(
@@ -752,8 +780,10 @@ fn feed_hook(feeder: &Arc<Feeder>, cache: &Arc<PcmCache>, on_fail: OnFail) -> Fe
             obj = feeder.pad(),
             "A reader feeds (start-ups under way)"
         );
+        // Nothing (`Idle`) once the task feeds: the reader waits for it, never for the stream
+        // lock the task holds.
         matches!(
-            without_waiting(|| feeder.feed(START_BLOCK, false, &*on_fail)),
+            without_waiting(|| feeder.feed_here(START_BLOCK, false, &*on_fail)),
             Fed::Block | Fed::End
         )
     })
@@ -862,10 +892,8 @@ impl Decoder {
     }
 
     /// Starts a fed chain on the caller's thread, and feeds it until the stream shows its
-    /// format: a local file opens and decodes its first frames without waiting for a network
-    /// or anyone else, so no other thread is needed before the first buffer. The first decoded
-    /// buffers are held (`Feeding::held`) until the output format is known; the end of the
-    /// file is held too, unless the stream ended without showing a format.
+    /// format (`feed_start`): a local file opens and decodes its first frames without waiting
+    /// for a network or anyone else, so no other thread is needed before the first buffer.
     fn start_feeding(
         &self,
         feeding: &Feeding,
@@ -898,7 +926,27 @@ impl Decoder {
                 ))
             })?;
         feeding.plugger.plug(feeder.pad(), &feeding.caps, &[]);
-        let shared = &self.shared;
+        self.feed_start(cancelled);
+        gst::debug!(
+            CAT,
+            obj = self.pipeline,
+            "Started decoding '{}' (fed)",
+            self.shared.location
+        );
+        Ok(())
+    }
+
+    /// Feeds a fed chain on the caller's thread until the stream shows its format, or will not,
+    /// or `cancelled()`: at the start, and again when the element waits for the format after a
+    /// flush cut that short (nobody else feeds a chain before its output starts). The decoded
+    /// buffers are held (`Feeding::held`) until the output format is known; the end of the file
+    /// is held too, unless the stream ended without showing a format. Nothing to do for a chain
+    /// that is not fed.
+    pub fn feed_start(&self, cancelled: &dyn Fn() -> bool) {
+        let Some(feeding) = self.feeding.as_ref().filter(|f| !f.handed_over) else {
+            return;
+        };
+        let (feeder, shared) = (&feeding.feeder, &self.shared);
         let fed = without_waiting(|| {
             feeder.feed_until(
                 START_BLOCK,
@@ -910,15 +958,8 @@ impl Decoder {
         });
         if fed == Fed::End && !shared.settled() {
             // Ended without a format: the end goes down, for the decoder to say what it found.
-            without_waiting(|| feeder.feed(START_BLOCK, false, &*feeding.on_fail));
+            without_waiting(|| feeder.feed_here(START_BLOCK, false, &*feeding.on_fail));
         }
-        gst::debug!(
-            CAT,
-            obj = self.pipeline,
-            "Started decoding '{}' (fed)",
-            self.shared.location
-        );
-        Ok(())
     }
 
     /// Whether the source is live: it produces in real time and cannot be read ahead. Known
@@ -987,29 +1028,48 @@ impl Decoder {
         // Hold decoded data back until the output format is known (see `start_output`); caps
         // and other events still pass, so the native format can be read off the pad.
         let convert_sink = pad_of(&convert, "sink")?;
-        // A local file whose type a parser takes is fed to it (see `feeder`).
-        let fed = file.and_then(|path| {
+        // A local file whose type a parser takes is fed to it (see `feeder`); any other gives
+        // typefind the type found here, so it is not found twice.
+        let (fed, found) = match file.and_then(|path| {
             let feeder = Feeder::open(path, &shared.location).ok()?;
             let caps = feeder.type_find(path)?;
-            let first = decodable_list(&caps).first().cloned()?;
-            (autoplug::is_parser(&first) && autoplug::is_linear(&first)).then_some((feeder, caps))
-        });
-        let held: Arc<Mutex<Option<Vec<gst::Buffer>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+            Some((feeder, caps))
+        }) {
+            Some((feeder, caps)) => {
+                let to_parser = decodable_list(&caps)
+                    .first()
+                    .is_some_and(|first| autoplug::is_parser(first) && autoplug::is_linear(first));
+                if to_parser {
+                    (Some((feeder, caps)), None)
+                } else {
+                    (None, Some(caps))
+                }
+            }
+            None => (None, None),
+        };
+        let held: Stash = Arc::new(Mutex::new(Some(Vec::new())));
         let block = if fed.is_some() {
             // The thread that feeds the start-up sets the output format next: held, not
-            // blocked.
+            // blocked. What follows the first buffer in the stream (its end above all) is held
+            // behind it, in order: a file too short to show its format before its end must not
+            // end before its samples.
             let held = held.clone();
             convert_sink.add_probe(
-                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                gst::PadProbeType::BUFFER
+                    | gst::PadProbeType::BUFFER_LIST
+                    | gst::PadProbeType::EVENT_DOWNSTREAM,
                 move |_, info| {
                     let mut held = lock(&held);
                     let Some(stash) = held.as_mut() else {
                         return gst::PadProbeReturn::Ok;
                     };
                     match info.data.take() {
-                        Some(gst::PadProbeData::Buffer(buffer)) => stash.push(buffer),
-                        Some(gst::PadProbeData::BufferList(list)) => {
-                            stash.extend(list.iter_owned())
+                        Some(gst::PadProbeData::Buffer(buffer)) => stash.push(Held::Buffer(buffer)),
+                        Some(gst::PadProbeData::BufferList(list)) => stash.push(Held::List(list)),
+                        Some(gst::PadProbeData::Event(event))
+                            if !stash.is_empty() && event.is_serialized() =>
+                        {
+                            stash.push(Held::Event(event))
                         }
                         other => {
                             info.data = other;
@@ -1037,7 +1097,7 @@ impl Decoder {
             convert.downgrade(),
             appsink.upcast_ref::<gst::Element>().downgrade(),
         );
-        let mapping = std::sync::atomic::AtomicBool::new(false);
+        let mapping = AtomicBool::new(false);
         convert_sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
             let Some(gst::PadProbeData::Event(event)) = &info.data else {
                 return gst::PadProbeReturn::Ok;
@@ -1058,10 +1118,10 @@ impl Decoder {
                             &convert,
                             &filter,
                             caps.caps(),
-                            mapping.load(std::sync::atomic::Ordering::SeqCst),
+                            mapping.load(Ordering::SeqCst),
                             &shared.location,
                         );
-                        mapping.store(mapped, std::sync::atomic::Ordering::SeqCst);
+                        mapping.store(mapped, Ordering::SeqCst);
                     }
                 }
                 _ => (),
@@ -1154,7 +1214,9 @@ impl Decoder {
                     let filesrc = gst::ElementFactory::make("filesrc")
                         .property("location", path.to_string_lossy().as_ref())
                         .build()?;
-                    let typefind = gst::ElementFactory::make("typefind").build()?;
+                    let typefind = gst::ElementFactory::make("typefind")
+                        .property("force-caps", found)
+                        .build()?;
                     pipeline.add_many([&filesrc, &typefind])?;
                     filesrc.link(&typefind)?;
                     push_only_to_plugged(&typefind)?;
@@ -1311,8 +1373,8 @@ impl Decoder {
                 if let Some((pad, id)) = block {
                     pad.remove_probe(id);
                     without_waiting(|| {
-                        for buffer in held {
-                            match pad.chain(buffer) {
+                        for item in held {
+                            match item.send(&pad) {
                                 Ok(_) => (),
                                 Err(gst::FlowError::Flushing) | Err(gst::FlowError::Eos) => break,
                                 Err(err) => {

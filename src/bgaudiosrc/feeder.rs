@@ -3,12 +3,18 @@
 //! Feeding a local file straight to its parser, from a pad of our own, instead of
 //! `filesrc ! typefind`.
 //!
-//! When the file's type is one a parser takes (MP3, FLAC, ADTS AAC: the usual background
-//! sound), the chain is `feeder ! parser ! decoder ! audioconvert ! audioresample ! appsink`, and
-//! whoever needs the data pushes it: the element's own streaming thread until its first buffer
-//! is decoded (`feed_until`), its readers while other elements are starting (the decoder's
-//! `feed_hook`), then a task on the feeder pad for the rest of the file. A start-up hands over
-//! to no other thread, and creates none before its first buffer.
+//! When the first element for the file's type is a parser of one stream (MP3, FLAC and ADTS
+//! AAC, the usual background sounds; AC-3 and WavPack too, tested), the chain is
+//! `feeder ! parser ! decoder ! audioconvert ! audioresample ! appsink`, and whoever needs the
+//! data pushes it: the element's own streaming thread until its first buffer is decoded
+//! (`feed_until`), its readers while other elements are starting (the decoder's `feed_hook`),
+//! then a task on the feeder pad for the rest of the file. A start-up hands over to no other
+//! thread, and creates none before its first buffer.
+//!
+//! Callers and the task never feed at the same time, and a caller never waits for the task:
+//! `feed_here` feeds nothing once `start_task` (or a `rewind`) handed the file to the task. A
+//! running task holds the pad's stream lock, and may itself be waiting for the reader that
+//! would wait for that lock.
 //!
 //! Measured with `cargo run --release --example bench -- startup` (50 elements on 50 distinct
 //! 5 s MP3s, one pipeline, 2 cores): first buffers 20.0 median and 35.6 at worst, with 61 ms of
@@ -57,6 +63,19 @@ pub enum Failure {
     Flow(gst::FlowError),
     /// The file could not be read.
     Read(std::io::Error),
+    /// The task that feeds the rest of the file could not start.
+    Task(glib::BoolError),
+}
+
+/// Who feeds the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// Whoever calls `feed_here`: the start-up, then readers (no task yet).
+    Callers,
+    /// The pad's task, from `start_task` on (running, or paused at the end of the file).
+    Task,
+    /// `stop` was called: nothing feeds any more.
+    Stopped,
 }
 
 /// Where `feed` stopped.
@@ -79,6 +98,10 @@ pub struct Feeder {
     file: Arc<File>,
     size: u64,
     position: Mutex<Position>,
+    /// Taken by `feed_here` for the whole of a block, and to hand over to the task: a caller
+    /// never waits for the stream lock a running task holds (the task may itself be waiting
+    /// for that caller to read).
+    driver: Mutex<Driver>,
 }
 
 impl Feeder {
@@ -155,11 +178,16 @@ impl Feeder {
                 offset: 0,
                 ended: false,
             }),
+            driver: Mutex::new(Driver::Callers),
         }))
     }
 
     fn position(&self) -> MutexGuard<'_, Position> {
         self.position.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn driver(&self) -> MutexGuard<'_, Driver> {
+        self.driver.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn pad(&self) -> &gst::Pad {
@@ -218,39 +246,33 @@ impl Feeder {
         Ok(())
     }
 
+    /// Feeds the next block on the caller's thread (see `feed`), unless the task feeds the
+    /// file or the feeder stopped: then `Fed::Idle` at once.
+    pub fn feed_here(&self, block: usize, hold_end: bool, on_fail: &dyn Fn(Failure)) -> Fed {
+        let driver = self.driver();
+        if *driver != Driver::Callers {
+            return Fed::Idle;
+        }
+        self.feed(block, hold_end, on_fail)
+    }
+
     /// Reads the next block of at most `block` bytes and pushes it, under the pad's stream lock
     /// (so the task, the start-up and a rewind take turns). At the end of the file EOS is
     /// pushed, unless `hold_end`. `on_fail` is told of a failure nobody posted.
-    pub fn feed(&self, block: usize, hold_end: bool, on_fail: &dyn Fn(Failure)) -> Fed {
+    fn feed(&self, block: usize, hold_end: bool, on_fail: &dyn Fn(Failure)) -> Fed {
         let _stream = self.pad.stream_lock();
         let mut position = self.position();
         if position.ended {
             return Fed::Idle;
         }
         let offset = position.offset;
-        if offset >= self.size {
-            if hold_end {
-                return Fed::End;
-            }
-            position.ended = true;
-            drop(position);
-            self.pad.push_event(gst::event::Eos::new());
-            return Fed::End;
-        }
-        let length = (block as u64).min(self.size - offset) as usize;
+        let length = (block as u64).min(self.size.saturating_sub(offset)) as usize;
         let mut data = vec![0u8; length];
         let read = match self.file.read_at(&mut data, offset) {
-            Ok(0) => {
+            Ok(0) if length > 0 => {
                 // The file shrank: it ends here, as filesrc ends at a short read.
                 gst::warning!(CAT, obj = self.pad, "The file ends early, at {}", offset);
-                position.offset = self.size;
-                if hold_end {
-                    return Fed::End;
-                }
-                position.ended = true;
-                drop(position);
-                self.pad.push_event(gst::event::Eos::new());
-                return Fed::End;
+                0
             }
             Err(err) => {
                 drop(position);
@@ -259,6 +281,15 @@ impl Feeder {
             }
             Ok(read) => read,
         };
+        if read == 0 {
+            position.offset = self.size;
+            if !hold_end {
+                position.ended = true;
+                drop(position);
+                self.pad.push_event(gst::event::Eos::new());
+            }
+            return Fed::End;
+        }
         data.truncate(read);
         position.offset = offset + read as u64;
         drop(position);
@@ -289,8 +320,9 @@ impl Feeder {
         }
     }
 
-    /// Feeds blocks of `block` bytes until `done()`, `budget` bytes were fed (then it returns
-    /// `Block`), the end of the file (EOS held if `hold_end`) or a stop.
+    /// Feeds blocks of `block` bytes on the caller's thread (`feed_here`) until `done()`,
+    /// `budget` bytes were fed (then it returns `Block`), the end of the file (EOS held if
+    /// `hold_end`), a stop, or the task taking over.
     pub fn feed_until(
         &self,
         block: usize,
@@ -304,39 +336,65 @@ impl Feeder {
             if done() || fed >= budget {
                 return Fed::Block;
             }
-            match self.feed(block, hold_end, on_fail) {
+            match self.feed_here(block, hold_end, on_fail) {
                 Fed::Block => fed += block as u64,
                 other => return other,
             }
         }
     }
 
-    /// Feeds the rest of the file from a task of the pad's own (GStreamer's thread pool).
-    pub fn start_task(
+    /// Feeds the rest of the file from a task of the pad's own (GStreamer's thread pool); from
+    /// then on `feed_here` feeds nothing. Nothing to do if the task feeds already, or after
+    /// `stop`.
+    pub fn start_task(self: &Arc<Self>, on_fail: Arc<dyn Fn(Failure) + Send + Sync>) {
+        let mut driver = self.driver();
+        if *driver == Driver::Callers {
+            self.spawn_task(&mut driver, on_fail);
+        }
+    }
+
+    /// Starts a new task (the pad has none), under the `driver` lock.
+    fn spawn_task(
         self: &Arc<Self>,
+        driver: &mut Driver,
         on_fail: Arc<dyn Fn(Failure) + Send + Sync>,
-    ) -> Result<(), glib::BoolError> {
+    ) {
         let this = Arc::downgrade(self);
-        self.pad.start_task(move || {
+        let fail = on_fail.clone();
+        let started = self.pad.start_task(move || {
             let Some(this) = this.upgrade() else {
                 return;
             };
-            let fed = this.feed(BLOCK, false, &*on_fail);
+            let fed = this.feed(BLOCK, false, &*fail);
             if fed != Fed::Block {
                 gst::debug!(CAT, obj = this.pad, "Feeding paused: {:?}", fed);
                 let _ = this.pad.pause_task();
             }
-        })
+        });
+        match started {
+            Ok(()) => *driver = Driver::Task,
+            Err(err) => {
+                gst::warning!(CAT, obj = self.pad, "Cannot start feeding: {}", err);
+                on_fail(Failure::Task(err));
+            }
+        }
     }
 
     /// Starts the file again from the top, as a flushing seek to 0 would: the chain is flushed,
-    /// the next block is the file's first, after a new segment. Not from the task's thread.
-    pub fn rewind(
-        self: &Arc<Self>,
-        on_fail: Arc<dyn Fn(Failure) + Send + Sync>,
-    ) -> Result<(), glib::BoolError> {
+    /// the next block is the file's first, after a new segment, and a new task feeds it
+    /// (whoever fed the last pass). Not from the task's thread; nothing to do after `stop`.
+    pub fn rewind(self: &Arc<Self>, on_fail: Arc<dyn Fn(Failure) + Send + Sync>) {
+        // A push under way returns, so its caller lets go of `driver`, the task of the stream
+        // lock.
         self.pad.push_event(gst::event::FlushStart::new());
-        self.pad.pause_task()?;
+        let mut driver = self.driver();
+        if *driver == Driver::Stopped {
+            return;
+        }
+        // Joins the old task (none if callers fed the whole pass): a new one gets the function.
+        if let Err(err) = self.pad.stop_task() {
+            gst::warning!(CAT, obj = self.pad, "Cannot stop feeding: {}", err);
+        }
         {
             let _stream = self.pad.stream_lock();
             self.pad.push_event(gst::event::FlushStop::new(true));
@@ -349,12 +407,14 @@ impl Feeder {
                     gst::format::Bytes,
                 >::new()));
         }
-        self.start_task(on_fail)
+        self.spawn_task(&mut driver, on_fail);
     }
 
-    /// Stops feeding: the pad flushes (a push under way returns), and the task ends.
+    /// Stops feeding: the pad flushes (a push under way returns), the task ends, and nothing
+    /// feeds from then on.
     pub fn stop(&self) {
         let _ = self.pad.set_active(false);
+        *self.driver() = Driver::Stopped;
         let _ = self.pad.stop_task();
     }
 }

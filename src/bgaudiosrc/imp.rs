@@ -1108,8 +1108,24 @@ impl BgAudioSrc {
                 return Ok(native);
             }
             let deadline = starting.deadline;
-            let shared = match &starting.waiting {
-                Some(shared) => shared.clone(),
+            let shared = match starting.waiting.clone() {
+                Some(shared) => {
+                    // Our own chain, fed from this thread until it shows its format: a flush
+                    // may have cut that short (see `Decoder::feed_start`). Fed on, outside our
+                    // lock.
+                    if let Some(decoder) = starting.decoder.take() {
+                        drop(state);
+                        decoder.feed_start(&|| self.flushing.load(Ordering::SeqCst));
+                        state = self.state();
+                        let State::Starting(starting) = &mut *state else {
+                            drop(state);
+                            drop(decoder);
+                            return Err(WaitError::Cancelled);
+                        };
+                        starting.decoder = Some(decoder);
+                    }
+                    shared
+                }
                 None => {
                     let source = starting.source.clone();
                     let probe = match &source.file {
