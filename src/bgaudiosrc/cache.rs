@@ -1,66 +1,53 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
-//! The PCM cache: the decoded file as interleaved S16 at one rate and channel count.
+//! The decoded copy: the file as interleaved S16 at one rate and channel count, written by one
+//! decoder and read by any number of elements, each through a `Reader` of its own.
 //!
-//! One decoder writes, any number of readers read, each through a `Reader` of its own. The first
-//! buffer flows while the first pass is still decoding.
+//! A copy ends one of two ways:
+//! - **Complete**: the decoder reached the end of the file within `limit` bytes. The copy is
+//!   frozen, and every later loop replays it without a lock and without decoding again; a
+//!   reader at volume 1.0 hands out buffers that point into it (each sealed chunk is also a
+//!   `gst::Memory` over the same samples).
+//! - **A window** (see `window`): the decoded audio reached `limit` bytes first (or the copy was
+//!   made a window from the start, for a file known to be too long or a live source).
 //!
-//! A cache ends one of two ways:
-//! - **Complete**: the decoder reached the end of the file within `limit` bytes. The cache is
-//!   frozen, and every later loop replays it without a lock and without decoding again.
-//! - **Streaming**: the decoded audio reached `limit` bytes first (or the cache was made
-//!   streaming from the start, for a file known to be too long or a live source). From then on it
-//!   is a window: chunks every reader has passed are dropped, and the writer waits while it is
-//!   a window ahead of the furthest reader or while the cache holds `limit` bytes, so memory stays
-//!   bounded whatever the duration is, known, unknown or wrong. Positions keep counting across
-//!   passes: the decoder marks the end of each pass (`end_pass`) and starts the next one while
-//!   the readers are still a window behind, so a seam costs the readers nothing.
+//! While the first pass fills the copy, the decoder is paced by the copy's own readers: it runs
+//! a bounded lead (`DECODE_AHEAD_MIN` to `_MAX`) ahead of the furthest one (beyond what a trim or a seam looks ahead), and
+//! waits when it is there, or when no element reads the copy. Nothing else paces it: a copy
+//! never waits for another copy or another element's start-up.
 //!
-//! Storage is a list of fixed-size chunks (`chunk_frames` frames each, the last one of a complete
-//! cache sized exactly), so filling never reallocates. Each sealed chunk is also wrapped in a
-//! `gst::Memory` sharing the same samples, so a reader of a complete cache can hand out buffers
-//! that point into it instead of copying.
+//! A reader waiting for frames while the decoder neither adds any nor waits for a reader has
+//! found the decoder stalled once its stall limit passes (the element's `timeout`).
+//!
+//! Storage is a list of fixed-size chunks (`chunk_frames` frames each, the last one of a
+//! complete copy sized exactly), so filling never reallocates.
+//!
+//! Locks: `filling`, then `memo` (never the other way), and neither is held while calling out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{startup, CAT};
+use super::shape::{self, Place, Shape};
+use super::window::{self, Room, Slot, Window};
+use super::CAT;
 
-/// Frames per chunk of a cache that may be kept: 16384 frames is 64 KiB of 48 kHz stereo.
+/// Frames per chunk of a copy that may be kept: 16384 frames is 64 KiB of 48 kHz stereo.
 pub const CHUNK_FRAMES: usize = 16_384;
-/// Frames per chunk of a cache that streams from the start: finer, so the window it holds stays
-/// small.
+/// Frames per chunk of a window from the start: finer, so the window it holds stays small.
 pub const STREAM_CHUNK_FRAMES: usize = 4_096;
-/// How far the decoder runs ahead of the furthest reader in streaming mode.
-const STREAM_WINDOW_BYTES: u64 = 256 * 1024;
-/// How often a writer that gives way to start-ups looks whether they are over. Readers wake it
-/// sooner as they move; the lead it keeps (`startup::DECODE_LEAD`) covers the wait.
-const STARTUP_POLL: Duration = Duration::from_millis(20);
-
-thread_local! {
-    /// This thread writes without waiting (`without_waiting`).
-    static UNWAITED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with this thread's writes to any cache never waiting, for a window or for start-ups:
-/// an element's streaming thread feeding its own start-up (`feeder`) is the reader it would
-/// wait for. It writes a block's worth at a time, so a window holds at most that much more.
-pub fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            UNWAITED.with(|u| u.set(self.0));
-        }
-    }
-    let _reset = Reset(UNWAITED.with(|u| u.replace(true)));
-    f()
-}
-
-/// Feeds the decoder one step on the calling reader's thread (see `PcmCache::set_feed`):
-/// returns whether it added anything, or will (then the reader looks again instead of waiting).
-pub type FeedHook = Arc<dyn Fn() -> bool + Send + Sync>;
+/// How far a copy's first pass decodes ahead of its furthest reader: as far as that reader has
+/// read, between these bounds. A reader that has just started needs one buffer ahead, and a
+/// small lead lets elements starting together share the CPU with each other rather than with
+/// decoders filling their files (measured with `examples/bench.rs`: a fixed 100 ms lead made
+/// 50 distinct files start 30 % slower than the stock chain); a reader that has played a while
+/// gets a lead that covers a busy moment. The decoder goes on once the reader has read half.
+pub const DECODE_AHEAD_MIN: Duration = Duration::from_millis(20);
+pub const DECODE_AHEAD_MAX: Duration = Duration::from_millis(200);
+/// How far a window's writer runs ahead of its furthest reader: enough to cover going back to
+/// the start at the end of a pass.
+const WINDOW_LEAD_BYTES: u64 = 256 * 1024;
 
 /// One sealed run of samples, readable as `&[i16]` and shareable as a `gst::Memory`.
 #[derive(Debug)]
@@ -114,16 +101,20 @@ pub enum ReadError {
     Failed(gst::ErrorMessage),
     /// The stream ended for good: a pass was asked for that the source cannot give. Says why.
     Ended(String),
+    /// The decoder added nothing for this long, and waited for no reader.
+    Stalled(Duration),
 }
 
-#[derive(Debug, Default)]
-enum Status {
-    #[default]
-    Filling,
-    Failed(gst::ErrorMessage),
+/// How long a read may wait for frames not decoded yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wait {
+    /// Until then at most (`Read::NotYet`).
+    pub deadline: Option<Instant>,
+    /// `ReadError::Stalled` once the decoder has added nothing for this long.
+    pub stall: Option<Duration>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Filling {
     /// Sealed chunks; the first one is chunk number `first_chunk` of the stream.
     chunks: VecDeque<Chunk>,
@@ -131,34 +122,29 @@ struct Filling {
     tail: Vec<i16>,
     /// Frames written since the start of the stream.
     frames: u64,
-    status: Status,
+    failed: Option<gst::ErrorMessage>,
     /// Over the limit: a window, not a copy.
-    streaming: bool,
-    /// Streaming: the stream positions at which passes ended, from pass `first_pass` on.
-    pass_ends: VecDeque<u64>,
-    first_pass: u64,
-    /// Streaming: where the last pass ended (0 before the first).
-    last_pass_end: u64,
-    /// Streaming: no pass follows the last one; why (for the reader that wanted to loop).
-    ended: Option<String>,
-    /// Registered readers' (position, pass), by reader id; `None` is a free slot.
-    readers: Vec<Option<(u64, u64)>>,
-    /// The writer waits for room: readers wake it when they move.
+    window: Option<Window>,
+    /// Registered readers' places, by reader id; `None` is a free slot.
+    readers: Vec<Option<Slot>>,
+    /// The writer waits for readers: they wake it when it may go on.
     writer_waiting: bool,
+    /// Readers waiting for frames: the writer wakes them only when there are any.
+    readers_waiting: usize,
     /// The decoder is shutting down: writes return at once.
     closed: bool,
-    /// The most frames a reader stays behind the decoder (see `Shape`): a decoder giving way
-    /// to start-ups keeps that much more lead, or such a reader would wait for it.
+    /// The most frames a reader stays behind the decoder (see `Shape::lookahead`): the decoder
+    /// runs that much further ahead.
     lookahead: u64,
+    /// When the decoder last added frames (or the copy was made): what a stall is counted from.
+    progress: Instant,
+    /// The stream's tags as the decoder found them, and how often they changed.
+    tags: (u64, Option<gst::TagList>),
 }
 
 impl Filling {
     fn furthest_reader(&self) -> Option<u64> {
-        self.readers.iter().flatten().map(|(pos, _)| *pos).max()
-    }
-
-    fn slowest_reader(&self) -> Option<(u64, u64)> {
-        self.readers.iter().flatten().copied().min()
+        self.readers.iter().flatten().map(|s| s.pos).max()
     }
 }
 
@@ -173,6 +159,14 @@ type TrimKey = (i16, u64);
 /// A seam's bounds (head, tail) and crossfade length.
 type SeamKey = (u64, u64, u64);
 
+/// The loop bounds and mixed seams worked out for a complete copy, once per key: the file is
+/// scanned once per threshold and a seam mixed once, not once per element.
+#[derive(Debug, Default)]
+struct Memo {
+    bounds: Vec<(TrimKey, (u64, u64))>,
+    seams: Vec<(SeamKey, Arc<[i16]>)>,
+}
+
 /// Decoded S16 audio, filled once by a decoder and read by any number of readers.
 #[derive(Debug)]
 pub struct PcmCache {
@@ -184,38 +178,15 @@ pub struct PcmCache {
     filling: Mutex<Filling>,
     cond: Condvar,
     frozen: OnceLock<Frozen>,
-    /// The stream's tags as the decoder found them, and how often they changed.
-    tags: Mutex<(u64, Option<gst::TagList>)>,
-    /// That count, read without the lock by every reader at every buffer.
+    /// The tags' generation, read without the lock by every reader at every buffer.
     tags_generation: AtomicU64,
-    /// The loop bounds found for each trim threshold asked for (see `Shape`): the file is
-    /// scanned once per threshold, not once per element.
-    bounds: Mutex<Vec<(TrimKey, (u64, u64))>>,
-    /// The mixed seams made for each (bounds, crossfade) asked for: made once per copy, then
-    /// read like the rest of it.
-    seams: Mutex<Vec<(SeamKey, Arc<[i16]>)>>,
+    memo: Mutex<Memo>,
     /// What the copy is of, for log lines (a copy is shared: no one element logs for it).
     label: OnceLock<gst::glib::GString>,
-    /// Called by a reader about to wait for frames not decoded yet (see `set_feed`).
-    feed: Mutex<FeedSlot>,
-}
-
-/// The feed hook's place (no `Debug` of its own).
-#[derive(Default)]
-struct FeedSlot(Option<FeedHook>);
-
-impl std::fmt::Debug for FeedSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "FeedSlot(set)"
-        } else {
-            "FeedSlot(none)"
-        })
-    }
 }
 
 impl PcmCache {
-    /// A cache that keeps the whole file if it decodes to at most `limit` bytes, and turns into
+    /// A copy that keeps the whole file if it decodes to at most `limit` bytes, and turns into
     /// a window over the stream when it does not.
     pub fn new(rate: u32, channels: u32, limit: u64) -> Self {
         PcmCache {
@@ -223,15 +194,26 @@ impl PcmCache {
             channels: channels.max(1) as usize,
             chunk_frames: CHUNK_FRAMES,
             limit,
-            filling: Mutex::new(Filling::default()),
+            filling: Mutex::new(Filling {
+                chunks: VecDeque::new(),
+                first_chunk: 0,
+                tail: Vec::new(),
+                frames: 0,
+                failed: None,
+                window: None,
+                readers: Vec::new(),
+                writer_waiting: false,
+                readers_waiting: 0,
+                closed: false,
+                lookahead: 0,
+                progress: Instant::now(),
+                tags: (0, None),
+            }),
             cond: Condvar::new(),
             frozen: OnceLock::new(),
-            tags: Mutex::new((0, None)),
             tags_generation: AtomicU64::new(0),
-            bounds: Mutex::new(Vec::new()),
-            seams: Mutex::new(Vec::new()),
+            memo: Mutex::new(Memo::default()),
             label: OnceLock::new(),
-            feed: Mutex::new(FeedSlot(None)),
         }
     }
 
@@ -242,7 +224,7 @@ impl PcmCache {
             chunk_frames: STREAM_CHUNK_FRAMES,
             ..PcmCache::new(rate, channels, limit)
         };
-        cache.lock().streaming = true;
+        cache.lock().window = Some(Window::default());
         cache
     }
 
@@ -272,11 +254,15 @@ impl PcmCache {
 
     fn lock(&self) -> MutexGuard<'_, Filling> {
         // A reader or writer that panicked cannot leave `Filling` half-updated in a way that
-        // matters more than losing the cache, so carry on with the data.
+        // matters more than losing the copy, so carry on with the data.
         self.filling.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The total number of frames once the cache is complete.
+    fn memo(&self) -> MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The total number of frames once the copy is complete.
     pub fn complete_frames(&self) -> Option<u64> {
         self.frozen.get().map(|f| f.frames)
     }
@@ -286,15 +272,23 @@ impl PcmCache {
         if self.frozen.get().is_some() {
             return None;
         }
-        match &self.lock().status {
-            Status::Failed(err) => Some(err.clone()),
-            Status::Filling => None,
+        self.lock().failed.clone()
+    }
+
+    /// Whether the first pass is still filling a copy (not a window, not failed, not closed):
+    /// one its decoder can go on filling for a later reader.
+    pub fn is_filling(&self) -> bool {
+        if self.frozen.get().is_some() {
+            return false;
         }
+        let filling = self.lock();
+        filling.window.is_none() && filling.failed.is_none() && !filling.closed
     }
 
     /// Adds tags the decoder found (later values replace earlier ones).
     pub fn merge_tags(&self, tags: &gst::TagList) {
-        let mut held = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        let mut filling = self.lock();
+        let held = &mut filling.tags;
         let merged = match &held.1 {
             Some(old) => old.merge(tags, gst::TagMergeMode::Replace),
             None => tags.clone(),
@@ -308,17 +302,17 @@ impl PcmCache {
         if self.tags_generation.load(Ordering::Acquire) == generation {
             return None;
         }
-        let held = self.tags.lock().unwrap_or_else(|e| e.into_inner());
-        match &held.1 {
-            Some(tags) if held.0 != generation => Some((held.0, tags.clone())),
+        let filling = self.lock();
+        match &filling.tags {
+            (g, Some(tags)) if *g != generation => Some((*g, tags.clone())),
             _ => None,
         }
     }
 
-    /// Whether the cache is a window over the stream (it streams from the start, or the file
-    /// turned out longer than the limit): what it held is let go, so readers cannot go back.
+    /// Whether the copy is a window over the stream: what it held is let go, so readers cannot
+    /// go back.
     pub fn is_window(&self) -> bool {
-        self.frozen.get().is_none() && self.lock().streaming
+        self.frozen.get().is_none() && self.lock().window.is_some()
     }
 
     /// Bytes of decoded audio held now.
@@ -334,127 +328,82 @@ impl PcmCache {
         (filling.chunks.len() * chunk_samples + filling.tail.len()) as u64 * 2
     }
 
-    /// Whether the writer must wait before adding to the window: it is a window ahead of the
-    /// furthest reader, or the cache holds its limit. The bound never falls below two chunks, so
-    /// a reader inside the first held chunk can always finish it and let it go.
-    fn window_full(&self, filling: &Filling) -> bool {
-        if !filling.streaming || filling.closed {
-            return false;
-        }
-        let limit = self.window_limit();
-        if Self::held_bytes(filling, self.chunk_samples()) >= limit {
-            return true;
-        }
-        let window = (STREAM_WINDOW_BYTES.min(limit) / self.bpf()).max(self.chunk_frames as u64);
-        let first_held = filling.first_chunk * self.chunk_frames as u64;
-        let furthest = filling.furthest_reader().unwrap_or(first_held);
-        filling.frames >= furthest + window
+    fn frames_in(&self, duration: Duration) -> u64 {
+        (duration.as_nanos() * self.rate as u128 / 1_000_000_000) as u64
     }
 
-    /// The most a window holds: the limit, but never less than two chunks.
-    fn window_limit(&self) -> u64 {
-        self.limit.max(2 * self.chunk_samples() as u64 * 2)
+    /// A window's limit and lead, in frames. The lead stays below the limit, so one reader
+    /// alone never waits for itself.
+    fn window_bounds(&self) -> (u64, u64) {
+        let limit = (self.limit / self.bpf()).max(2);
+        let lead = (WINDOW_LEAD_BYTES / self.bpf()).min(limit / 2).max(1);
+        (limit, lead)
     }
 
-    /// A window at its limit does not wait for a reader that has fallen that far behind the
-    /// others (an element paused, or left in a pipeline that stopped pulling): once the furthest
-    /// reader has passed the oldest chunk, it goes, and a reader still in it skips ahead when
-    /// it reads next. Without this, one such reader would starve every other.
-    fn overtake(&self, filling: &mut Filling) {
-        if !filling.streaming {
-            return;
+    /// Whether a copy's first pass is far enough ahead of its furthest reader (see
+    /// `DECODE_AHEAD_MIN`), beyond the readers' look-ahead; `half` asks for half that lead. With
+    /// no reader it waits (for one that joins later).
+    fn paced(&self, filling: &Filling, half: bool) -> bool {
+        filling.furthest_reader().is_none_or(|furthest| {
+            let ahead = furthest.clamp(
+                self.frames_in(DECODE_AHEAD_MIN),
+                self.frames_in(DECODE_AHEAD_MAX),
+            ) >> u8::from(half);
+            filling.frames >= furthest + filling.lookahead + ahead
+        })
+    }
+
+    /// What the writer may do now (see `window::room` for a window).
+    fn room(&self, filling: &mut Filling) -> Room {
+        if filling.closed {
+            return Room::Write;
         }
-        let Some(furthest) = filling.furthest_reader() else {
-            return;
-        };
-        let chunk_frames = self.chunk_frames as u64;
-        while Self::held_bytes(filling, self.chunk_samples()) >= self.window_limit()
-            && !filling.chunks.is_empty()
-            && furthest >= (filling.first_chunk + 1) * chunk_frames
-        {
-            filling.chunks.pop_front();
-            filling.first_chunk += 1;
+        if filling.window.is_none() {
+            return if self.paced(filling, false) {
+                Room::Wait(None)
+            } else {
+                Room::Write
+            };
         }
+        let (limit, lead) = self.window_bounds();
+        window::room(
+            filling.frames,
+            &filling.readers,
+            limit,
+            lead,
+            Instant::now(),
+        )
     }
 
-    /// Whether the writer gives way to elements that are starting (`startup`): it is
-    /// `DECODE_LEAD` ahead of its furthest reader while some element waits for its first buffer.
-    fn yields_to_startup(&self, filling: &Filling) -> bool {
-        // A window is paced by its readers already; only filling a copy gives way.
-        if filling.closed || filling.streaming || !startup::decoders_yield() {
-            return false;
-        }
-        let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000
-            + filling.lookahead;
-        let furthest = filling.furthest_reader().unwrap_or(0);
-        filling.frames >= furthest + lead
+    /// Whether a waiting writer may go on now that a reader moved: for a copy, once the
+    /// furthest reader has read half the decoder's lead (so it does not wake at every buffer).
+    fn writer_may_go_on(&self, filling: &Filling) -> bool {
+        filling.writer_waiting && (filling.window.is_some() || !self.paced(filling, true))
     }
 
-    /// Lets readers that run out of decoded frames feed the decoder themselves, on their own
-    /// thread, instead of waiting for it (`None`: they wait). A decode chain does this while
-    /// start-ups are under way, so it needs no thread of its own yet (see `feeder`). Readers
-    /// waiting already look again.
-    pub fn set_feed(&self, feed: Option<FeedHook>) {
-        self.feed.lock().unwrap_or_else(|e| e.into_inner()).0 = feed;
-        // Under the lock a reader looks at the hook with: none misses it.
-        let _filling = self.lock();
-        self.cond.notify_all();
-    }
-
-    fn feed_hook(&self) -> Option<FeedHook> {
-        self.feed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
-    }
-
-    /// Whether the decoder is `DECODE_LEAD` ahead of the furthest reader (as far as a writer
-    /// giving way to start-ups goes), or will add nothing more.
-    pub fn has_lead(&self) -> bool {
-        if self.frozen.get().is_some() {
-            return true;
-        }
-        let filling = self.lock();
-        if filling.closed || !matches!(filling.status, Status::Filling) {
-            return true;
-        }
-        let lead = startup::DECODE_LEAD.as_nanos() as u64 * self.rate as u64 / 1_000_000_000
-            + filling.lookahead;
-        let furthest = filling.furthest_reader().unwrap_or(0);
-        filling.frames >= furthest + lead
-    }
-
-    /// Streaming: drops the chunks every reader has passed, and pass ends every reader has
-    /// crossed.
+    /// A window: drops the chunks every reader has passed, and the ends of passes every reader
+    /// has crossed.
     fn drop_passed(&self, filling: &mut Filling) {
-        if !filling.streaming {
-            return;
-        }
-        let Some((slowest, slowest_pass)) = filling.slowest_reader() else {
+        let Some(slowest) = window::held_from(&filling.readers) else {
             return;
         };
+        let min_pass = filling.readers.iter().flatten().map(|s| s.pass).min();
+        let Some(window) = filling.window.as_mut() else {
+            return;
+        };
+        if let Some(pass) = min_pass {
+            window.forget_before(pass);
+        }
         let passed = (slowest / self.chunk_frames as u64).saturating_sub(filling.first_chunk);
         let passed = (passed as usize).min(filling.chunks.len());
         if passed > 0 {
             filling.chunks.drain(..passed);
             filling.first_chunk += passed as u64;
         }
-        let min_pass = filling
-            .readers
-            .iter()
-            .flatten()
-            .map(|(_, pass)| *pass)
-            .min()
-            .unwrap_or(slowest_pass);
-        while filling.first_pass < min_pass && !filling.pass_ends.is_empty() {
-            filling.pass_ends.pop_front();
-            filling.first_pass += 1;
-        }
     }
 
-    /// Appends native-endian interleaved S16 bytes (whole frames). Called by the decoder; in
-    /// streaming mode it waits while the window is full.
+    /// Appends native-endian interleaved S16 bytes (whole frames). Called by the decoder; it
+    /// waits while the copy is paced or the window full (see `room`).
     pub fn push_bytes(&self, bytes: &[u8]) {
         if self.frozen.get().is_some() {
             return;
@@ -464,31 +413,31 @@ impl PcmCache {
         let mut samples = bytes
             .chunks_exact(2)
             .map(|b| i16::from_ne_bytes([b[0], b[1]]));
-        let unwaited = UNWAITED.with(|u| u.get());
         loop {
             loop {
-                self.overtake(&mut filling);
-                if unwaited {
-                    break;
-                }
-                if self.window_full(&filling) {
-                    filling.writer_waiting = true;
-                    filling = self.cond.wait(filling).unwrap_or_else(|e| e.into_inner());
-                } else if self.yields_to_startup(&filling) {
-                    // Woken when a reader moves; start-up ending is looked for now and then
-                    // (the lead covers the time until then).
-                    filling.writer_waiting = true;
-                    filling = self
-                        .cond
-                        .wait_timeout(filling, STARTUP_POLL)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                } else {
-                    break;
+                match self.room(&mut filling) {
+                    Room::Write => break,
+                    Room::Overtake(to) => {
+                        window::overtake(&mut filling.readers, to);
+                        self.drop_passed(&mut filling);
+                    }
+                    Room::Wait(until) => {
+                        filling.writer_waiting = true;
+                        filling = match until {
+                            None => self.cond.wait(filling).unwrap_or_else(|e| e.into_inner()),
+                            Some(until) => {
+                                let wait = until.saturating_duration_since(Instant::now());
+                                self.cond
+                                    .wait_timeout(filling, wait)
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .0
+                            }
+                        };
+                    }
                 }
             }
-            filling.writer_waiting = false;
             if filling.closed {
+                filling.writer_waiting = false;
                 return;
             }
             if filling.tail.capacity() == 0 {
@@ -499,12 +448,14 @@ impl PcmCache {
             filling.tail.extend(samples.by_ref().take(room));
             let added = filling.tail.len() - before;
             filling.frames += (added / self.channels) as u64;
+            filling.progress = Instant::now();
+            filling.writer_waiting = false;
             if filling.tail.len() == chunk_samples {
                 let full = std::mem::take(&mut filling.tail);
                 filling.chunks.push_back(Chunk::new(full));
             }
-            if !filling.streaming && Self::held_bytes(&filling, chunk_samples) > self.limit {
-                filling.streaming = true;
+            if filling.window.is_none() && Self::held_bytes(&filling, chunk_samples) > self.limit {
+                filling.window = Some(Window::default());
                 gst::info!(
                     CAT,
                     id = self.label(),
@@ -515,39 +466,32 @@ impl PcmCache {
                 );
                 self.drop_passed(&mut filling);
             }
-            // Visible to readers at once: in streaming mode the writer may wait for them next.
-            self.cond.notify_all();
+            if filling.readers_waiting > 0 {
+                self.cond.notify_all();
+            }
             if samples.len() == 0 {
                 break;
             }
         }
     }
 
-    /// The decoder reached the end of the file. A cache that kept it all is complete from now
-    /// on; a streaming one marks the end of this pass. Returns whether the decoder should start
-    /// the next pass (streaming).
+    /// The decoder reached the end of the file. A copy that kept it all is complete from now
+    /// on; a window marks the end of this pass. Returns whether the decoder should start the
+    /// next pass (a window).
     pub fn end_pass(&self) -> bool {
         let mut filling = self.lock();
-        if let Status::Failed(_) = filling.status {
+        if filling.failed.is_some() {
             return false;
         }
-        if filling.streaming {
-            let frames = filling.frames;
-            let another = frames > filling.last_pass_end;
-            if filling.pass_ends.back() != Some(&frames) {
-                filling.pass_ends.push_back(frames);
-            }
-            filling.last_pass_end = frames;
+        let frames = filling.frames;
+        if let Some(window) = filling.window.as_mut() {
+            let another = window.end_pass(frames);
             gst::debug!(
                 CAT,
                 id = self.label(),
                 "End of a pass at stream frame {}",
                 frames
             );
-            if !another && filling.ended.is_none() {
-                // A pass with no audio: another one would be as empty.
-                filling.ended = Some("the stream holds no more audio".to_owned());
-            }
             drop(filling);
             self.cond.notify_all();
             return another;
@@ -558,13 +502,12 @@ impl PcmCache {
             // Sized exactly: the last chunk holds only what was decoded.
             chunks.push(Chunk::new(tail));
         }
-        let frames = filling.frames;
         let _ = self.frozen.set(Frozen { chunks, frames });
         drop(filling);
         gst::info!(
             CAT,
             id = self.label(),
-            "Cache complete: {} frames at {} Hz, {} channels, {} bytes",
+            "Copy complete: {} frames at {} Hz, {} channels, {} bytes",
             frames,
             self.rate,
             self.channels,
@@ -574,12 +517,12 @@ impl PcmCache {
         false
     }
 
-    /// Streaming: no pass follows the last one (the source cannot go back to its start); `why`
+    /// A window: no pass follows the last one (the source cannot go back to its start); `why`
     /// is what a reader that wanted to loop reports.
     pub fn end_stream(&self, why: String) {
         let mut filling = self.lock();
-        if filling.ended.is_none() {
-            filling.ended = Some(why);
+        if let Some(window) = filling.window.as_mut() {
+            window.ended.get_or_insert(why);
         }
         drop(filling);
         self.cond.notify_all();
@@ -596,11 +539,7 @@ impl PcmCache {
         if self.frozen.get().is_some() {
             return;
         }
-        let mut filling = self.lock();
-        if let Status::Filling = filling.status {
-            filling.status = Status::Failed(err);
-        }
-        drop(filling);
+        self.lock().failed.get_or_insert(err);
         self.cond.notify_all();
     }
 
@@ -610,15 +549,14 @@ impl PcmCache {
         self.cond.notify_all();
     }
 
-    /// A reader at the start of the stream, or `None` if the cache is a window already holding
-    /// data (a window has no start to give to a reader that comes late, and may have moved on
-    /// to later passes).
+    /// A reader at the start of the stream, or `None` if the copy is a window already holding
+    /// data (a window has no start to give to a reader that comes late).
     pub fn reader(self: &Arc<Self>) -> Option<Reader> {
         let id = if self.frozen.get().is_some() {
             None
         } else {
             let mut filling = self.lock();
-            if filling.streaming && filling.frames > 0 {
+            if filling.window.is_some() && filling.frames > 0 {
                 return None;
             }
             let id = match filling.readers.iter().position(Option::is_none) {
@@ -628,13 +566,14 @@ impl PcmCache {
                     filling.readers.len() - 1
                 }
             };
-            filling.readers[id] = Some((0, 0));
+            filling.readers[id] = Some(Slot::new(Instant::now()));
             Some(id)
         };
         Some(Reader {
             cache: self.clone(),
             id,
             pass: 0,
+            lost: 0,
             at: Playhead::default(),
         })
     }
@@ -670,51 +609,25 @@ impl PcmCache {
         }
     }
 
-    /// The frames a pass plays, `head..tail`, when leading and trailing frames whose samples are
-    /// all at most `threshold` are left out, at most `max_trim` at each end. A copy that is
-    /// silent throughout keeps all its frames.
+    /// The frames a pass of the complete copy plays for a trim at `threshold` (see
+    /// `shape::trim_bounds`), worked out once per threshold.
     fn bounds(&self, frozen: &Frozen, threshold: i16, max_trim: u64) -> (u64, u64) {
         let key = (threshold, max_trim);
-        let mut known = self.bounds.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, bounds)) = known.iter().find(|(k, _)| *k == key) {
+        if let Some((_, bounds)) = self.memo().bounds.iter().find(|(k, _)| *k == key) {
             return *bounds;
         }
-        let frames = frozen.frames;
-        let loud = |frame: u64| {
+        let bounds = shape::trim_bounds(frozen.frames, max_trim, |frame| {
             let chunk = &frozen.chunks[(frame / self.chunk_frames as u64) as usize];
             let at = (frame % self.chunk_frames as u64) as usize * self.channels;
-            chunk.samples[at..at + self.channels]
-                .iter()
-                .any(|s| s.unsigned_abs() > threshold.unsigned_abs())
-        };
-        let first = (0..frames.min(max_trim)).find(|f| loud(*f));
-        let last = (frames.saturating_sub(max_trim)..frames)
-            .rev()
-            .find(|f| loud(*f));
-        let bounds = match (first, last) {
-            // Silent at both ends: trim only if something in between is not.
-            (None, None) if !(0..frames).any(loud) => (0, frames),
-            (head, tail) => (
-                head.unwrap_or(max_trim.min(frames)),
-                tail.map_or(frames.saturating_sub(max_trim), |t| t + 1),
-            ),
-        };
-        let bounds = if bounds.1 > bounds.0 {
-            bounds
-        } else {
-            (0, frames)
-        };
-        known.push((key, bounds));
+            shape::is_loud(&chunk.samples[at..at + self.channels], threshold)
+        });
+        self.memo().bounds.push((key, bounds));
         bounds
     }
 
-    /// The crossfade of a seam: the last `length` frames before `tail` fading out (cosine) over
-    /// the first `length` frames from `head` fading in (sine). Equal-power curves, so the level
-    /// holds across uncorrelated material; rounded, and saturated where correlated material adds
-    /// up above full scale. Made once per copy and key.
+    /// The mixed frames of a seam (see `shape::mix_seam`), made once per copy and key.
     fn seam(&self, frozen: &Frozen, key: SeamKey) -> Arc<[i16]> {
-        let mut seams = self.seams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, seam)) = seams.iter().find(|(k, _)| *k == key) {
+        if let Some((_, seam)) = self.memo().seams.iter().find(|(k, _)| *k == key) {
             return seam.clone();
         }
         let (head, tail, length) = key;
@@ -729,26 +642,12 @@ impl PcmCache {
         self.read_frozen(frozen, head, length as usize, &mut |s: &[i16]| {
             incoming.extend_from_slice(s)
         });
-        let mut mixed = Vec::with_capacity(outgoing.len());
-        for (i, (a, b)) in outgoing
-            .chunks_exact(self.channels)
-            .zip(incoming.chunks_exact(self.channels))
-            .enumerate()
-        {
-            let angle = (i as f64 + 0.5) / length as f64 * std::f64::consts::FRAC_PI_2;
-            let (fade_in, fade_out) = angle.sin_cos();
-            mixed.extend(a.iter().zip(b).map(|(a, b)| {
-                (*a as f64 * fade_out + *b as f64 * fade_in)
-                    .round()
-                    .clamp(-32768.0, 32767.0) as i16
-            }));
-        }
-        let seam: Arc<[i16]> = mixed.into();
-        seams.push((key, seam.clone()));
+        let seam: Arc<[i16]> = shape::mix_seam(&outgoing, &incoming, self.channels).into();
+        self.memo().seams.push((key, seam.clone()));
         seam
     }
 
-    /// The first frame of `from..to` (decoded, in a copy still filling) with a sample above
+    /// The first frame before `to` (decoded, in a copy still filling) with a sample above
     /// `threshold`.
     fn first_loud_filling(&self, filling: &Filling, threshold: i16, to: u64) -> Option<u64> {
         let mut frame = None;
@@ -763,10 +662,10 @@ impl PcmCache {
             &mut |samples: &[i16]| {
                 if frame.is_none() {
                     if let Some(i) = samples
-                        .iter()
-                        .position(|s| s.unsigned_abs() > threshold.unsigned_abs())
+                        .chunks_exact(self.channels)
+                        .position(|f| shape::is_loud(f, threshold))
                     {
-                        frame = Some(seen + (i / self.channels) as u64);
+                        frame = Some(seen + i as u64);
                     }
                 }
                 seen += (samples.len() / self.channels) as u64;
@@ -814,15 +713,17 @@ impl PcmCache {
     }
 }
 
-/// One reader's place in a cache: its position (a stream frame) and pass. Registered with the
-/// cache, so a streaming cache keeps what the reader has not read yet, and lets go of it when
-/// the reader is dropped.
+/// One reader's place in a copy: its position (a stream frame) and pass. Registered with the
+/// copy while it fills, so the decoder runs ahead of it and a window keeps what it has not read
+/// yet; dropping it lets go of that.
 #[derive(Debug)]
 pub struct Reader {
     cache: Arc<PcmCache>,
-    /// Slot in the cache's reader table; `None` for a reader of a complete cache.
+    /// Slot in the copy's reader table; `None` for a reader of a complete copy.
     id: Option<usize>,
     pass: u64,
+    /// Frames a window moved this reader on by, not taken yet (`take_lost`).
+    lost: u64,
     at: Playhead,
 }
 
@@ -845,40 +746,6 @@ struct Playhead {
     pending: Option<(u64, u64)>,
 }
 
-/// How a reader plays the passes of a copy that is kept whole (a window over a stream plays
-/// the stream as it is):
-/// - `trim`: leading and trailing frames whose samples are all at most this level are left out
-///   of every pass, at most `max_trim` frames at each end. While the copy is still filling, the
-///   reader stays `max_trim` frames behind the decoder, so it never plays what it would trim.
-/// - `crossfade`: with `looping`, each seam overlaps the last `crossfade` frames of the pass
-///   with its first ones (equal-power), at most half the pass; the loop period is the pass's
-///   length less the crossfade. The reader stays that far behind a filling decoder too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Shape {
-    pub trim: Option<i16>,
-    pub max_trim: u64,
-    pub crossfade: u64,
-    pub looping: bool,
-}
-
-impl Shape {
-    /// How far behind a filling decoder the reader stays.
-    fn lookahead(&self) -> u64 {
-        let trim = if self.trim.is_some() {
-            self.max_trim
-        } else {
-            0
-        };
-        let crossfade = if self.looping { self.crossfade } else { 0 };
-        trim + crossfade
-    }
-
-    /// Nothing to shape: buffers can share the copy's memory.
-    pub fn is_plain(&self) -> bool {
-        self.trim.is_none() && (self.crossfade == 0 || !self.looping)
-    }
-}
-
 impl Reader {
     /// Sets how the passes are played (see `Shape`); takes effect at once.
     pub fn set_shape(&mut self, shape: Shape) {
@@ -889,19 +756,26 @@ impl Reader {
     pub fn can_share(&self) -> bool {
         self.at.shape.is_plain() && self.at.seam.is_none()
     }
+
     pub fn cache(&self) -> &Arc<PcmCache> {
         &self.cache
     }
 
-    /// The frame this reader reads next: in the file when the cache is complete, in the stream
-    /// (counting across passes) when it streams.
+    /// The frame this reader reads next: in the file when the copy is complete, in the stream
+    /// (counting across passes) in a window.
     pub fn position(&self) -> u64 {
         self.at.pos
     }
 
-    /// Goes on past the end of a pass: back to the start of a complete cache, or into the next
-    /// pass of a streaming one. Returns false, and stays, if the pass held no audio: looping
-    /// it would never produce a frame.
+    /// The frames a window moved this reader on by since the last call (it had stalled or
+    /// fallen further behind than the window holds).
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// Goes on past the end of a pass: back to the start of a complete copy, or into the next
+    /// pass of a window. Returns false, and stays, if the pass held no audio: looping it would
+    /// never produce a frame.
     pub fn next_pass(&mut self) -> bool {
         if self.at.in_pass == 0 {
             return false;
@@ -922,10 +796,9 @@ impl Reader {
     }
 
     /// Moves to what the output plays at its frame `frame`, when the first pass starts at frame
-    /// `first` of the file and each later pass at the head: through the shape's trimmed bounds
-    /// and seams, wrapped into the loop period when looping. Placed at the next read (in a copy
-    /// still filling, once its head is known: past its end the position reads as the end of
-    /// the pass). Returns false, and stays, in a window.
+    /// `first` of the file and each later pass at the head (see `shape::place`). Placed at the
+    /// next read (in a copy still filling, once its head is known: past its end the position
+    /// reads as the end of the pass). Returns false, and stays, in a window.
     pub fn seek_output(&mut self, frame: u64, first: u64) -> bool {
         if self.cache.is_window() {
             return false;
@@ -939,118 +812,35 @@ impl Reader {
     /// Calls `visit` with the samples of up to `max_frames` frames from the reader's position
     /// on, in as few slices as the chunks allow, and moves the position past them.
     ///
-    /// While the frames are not decoded yet it waits, until `deadline` if one is given.
-    /// `cancelled` is checked before every wait; `PcmCache::wake()` interrupts a wait.
+    /// While the frames are not decoded yet it waits, as `wait` allows. `cancelled` is checked
+    /// before every wait; `PcmCache::wake()` interrupts a wait.
     pub fn read(
         &mut self,
         max_frames: usize,
-        deadline: Option<Instant>,
+        wait: Wait,
         cancelled: impl Fn() -> bool,
         mut visit: impl FnMut(&[i16]),
     ) -> Result<Read, ReadError> {
-        let cache = &*self.cache;
-        if let Some(frozen) = cache.frozen.get() {
-            return Ok(self.at.read_shaped(cache, frozen, max_frames, &mut visit));
+        if let Some(frozen) = self.cache.frozen.get() {
+            return Ok(self
+                .at
+                .read_shaped(&self.cache, frozen, max_frames, &mut visit));
         }
-        let id = self.id.unwrap_or(usize::MAX);
+        // (Its own reference while the copy fills: the reader moves under its lock.)
+        let cache = self.cache.clone();
         let mut filling = cache.lock();
-        // Whether to call the feed hook before waiting (see `PcmCache::set_feed`).
-        let mut may_feed = true;
         loop {
             if cache.frozen.get().is_some() {
                 drop(filling);
-                return self.read(max_frames, deadline, cancelled, visit);
+                return self.read(max_frames, wait, cancelled, visit);
             }
-            if !filling.streaming {
-                // Before placing a seek too: the decoder must not give way (see
-                // `yields_to_startup`) short of what the reader waits for.
-                filling.lookahead = filling.lookahead.max(self.at.shape.lookahead());
+            if let Some(read) = self.read_filling(&mut filling, max_frames, &mut visit) {
+                return Ok(read);
             }
-            let placed = self.at.place_filling(cache, &filling);
-            if let Some(slot) = filling.readers.get_mut(id) {
-                // A seek not placed yet: the decoder must not give way (see
-                // `yields_to_startup`) before the frames it waits for.
-                let wanted = self
-                    .at
-                    .pending
-                    .map_or(self.at.pos, |(frame, first)| first + frame);
-                *slot = Some((wanted, self.pass));
-            }
-            cache.drop_passed(&mut filling);
-            if filling.writer_waiting {
-                cache.cond.notify_all();
-            }
-            let pass_end = if filling.streaming {
-                (self.pass.checked_sub(filling.first_pass))
-                    .and_then(|i| filling.pass_ends.get(i as usize).copied())
-            } else {
-                None
-            };
-            // At or past it: a seek may have put the reader beyond a pass end it never read.
-            if pass_end.is_some_and(|end| self.at.pos >= end) {
-                return Ok(Read::PassEnd);
-            }
-            let held_from = filling.first_chunk * cache.chunk_frames as u64;
-            if self.at.pos < held_from {
-                // Overtaken (see `overtake`): go on from the oldest frame held, in the pass
-                // that holds it.
-                gst::warning!(
-                    CAT,
-                    id = cache.label(),
-                    "A reader fell {} frames behind a full window: skipping ahead",
-                    held_from - self.at.pos
-                );
-                self.at.pos = held_from;
-                self.pass = filling.first_pass
-                    + filling
-                        .pass_ends
-                        .iter()
-                        .take_while(|end| **end <= held_from)
-                        .count() as u64;
-                self.at.in_pass = 1;
-                continue;
-            }
-            let mut end = pass_end.unwrap_or(filling.frames);
-            if !placed {
-                // Waits for the head to be decoded.
-                end = 0;
-            } else if !filling.streaming {
-                // Not past what a trim or a seam may still take from the end.
-                end = end.saturating_sub(self.at.shape.lookahead());
-                if let Some(threshold) = self.at.shape.trim {
-                    // Once, before the pass's first frame: past a trimmed head.
-                    if self.at.in_pass == 0
-                        && self.at.pos < self.at.shape.max_trim
-                        && end > self.at.pos
-                    {
-                        let head = cache
-                            .first_loud_filling(&filling, threshold, self.at.shape.max_trim)
-                            .unwrap_or(self.at.shape.max_trim);
-                        self.at.pos = self.at.pos.max(head);
-                    }
-                }
-            }
-            if end > self.at.pos {
-                let n = cache.read_chunks(
-                    filling.chunks.iter(),
-                    &filling.tail,
-                    filling.first_chunk,
-                    end,
-                    self.at.pos,
-                    max_frames,
-                    &mut visit,
-                );
-                self.at.pos += n as u64;
-                self.at.in_pass += n as u64;
-                if let Some(slot) = filling.readers.get_mut(id) {
-                    *slot = Some((self.at.pos, self.pass));
-                }
-                return Ok(Read::Frames(n));
-            }
-            if let Status::Failed(ref err) = filling.status {
+            if let Some(err) = &filling.failed {
                 return Err(ReadError::Failed(err.clone()));
             }
-            if let Some(why) = &filling.ended {
+            if let Some(why) = filling.window.as_ref().and_then(|w| w.ended.as_ref()) {
                 if self.at.pos >= filling.frames {
                     return Err(ReadError::Ended(why.clone()));
                 }
@@ -1058,37 +848,136 @@ impl Reader {
             if cancelled() {
                 return Err(ReadError::Cancelled);
             }
-            if may_feed {
-                if let Some(feed) = cache.feed_hook() {
-                    // Outside the lock: feeding writes here. Then everything is looked at again
-                    // before waiting: the decoder may have moved meanwhile, and told nobody.
-                    drop(filling);
-                    may_feed = feed();
-                    filling = cache.lock();
-                    continue;
-                }
+            let now = Instant::now();
+            // A decoder that waits for a reader is not stalled, however long it waits.
+            let stall = wait
+                .stall
+                .filter(|_| !filling.writer_waiting)
+                .map(|stall| filling.progress + stall);
+            if stall.is_some_and(|at| at <= now) {
+                return Err(ReadError::Stalled(now - filling.progress));
             }
-            may_feed = true;
-            filling = match deadline {
+            if filling.writer_waiting {
+                // The writer may be waiting to overtake a reader this one waits behind.
+                cache.cond.notify_all();
+            }
+            let until = match (wait.deadline, stall) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if wait.deadline.is_some_and(|d| d <= now) {
+                return Ok(Read::NotYet);
+            }
+            filling.readers_waiting += 1;
+            filling = match until {
                 None => cache.cond.wait(filling).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ok(Read::NotYet);
-                    }
+                Some(until) => {
                     cache
                         .cond
-                        .wait_timeout(filling, deadline - now)
+                        .wait_timeout(filling, until.saturating_duration_since(now))
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
+            filling.readers_waiting -= 1;
         }
     }
 
-    /// Appends to `buffer` memories that share a complete cache's samples for up to
+    /// One look at a copy still filling (or a window): reads what it can and returns what it
+    /// read, or `None` when the frames are not decoded yet.
+    fn read_filling(
+        &mut self,
+        filling: &mut Filling,
+        max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> Option<Read> {
+        let cache = &*self.cache;
+        let id = self.id.unwrap_or(usize::MAX);
+        if filling.window.is_none() {
+            filling.lookahead = filling.lookahead.max(self.at.shape.lookahead());
+        }
+        // Moved on by the writer of a window (see `window::overtake`)?
+        if let Some(slot) = filling.readers.get_mut(id).and_then(Option::as_mut) {
+            if slot.lost > 0 {
+                self.lost += std::mem::take(&mut slot.lost);
+                self.at.pos = slot.pos;
+                self.pass = filling.window.as_ref().map_or(0, |w| w.pass_of(slot.pos));
+                // Not an empty pass: it loops on from there.
+                self.at.in_pass = self.at.in_pass.max(1);
+                gst::warning!(
+                    CAT,
+                    id = cache.label(),
+                    "A reader that fell behind the window is moved on to stream frame {}",
+                    slot.pos
+                );
+            }
+        }
+        let placed = self.at.place_filling(cache, filling);
+        self.register(filling, id);
+        cache.drop_passed(filling);
+        if cache.writer_may_go_on(filling) {
+            cache.cond.notify_all();
+        }
+        let pass_end = filling.window.as_ref().and_then(|w| w.pass_end(self.pass));
+        // At or past it: a seek may have put the reader beyond a pass end it never read.
+        if pass_end.is_some_and(|end| self.at.pos >= end) {
+            return Some(Read::PassEnd);
+        }
+        let mut end = pass_end.unwrap_or(filling.frames);
+        if !placed {
+            // Waits for the head to be decoded.
+            end = 0;
+        } else if filling.window.is_none() {
+            // Not past what a trim or a seam may still take from the end.
+            end = end.saturating_sub(self.at.shape.lookahead());
+            if let Some(threshold) = self.at.shape.trim {
+                // Once, before the pass's first frame: past a trimmed head.
+                if self.at.in_pass == 0 && self.at.pos < self.at.shape.max_trim && end > self.at.pos
+                {
+                    let head = cache
+                        .first_loud_filling(filling, threshold, self.at.shape.max_trim)
+                        .unwrap_or(self.at.shape.max_trim);
+                    self.at.pos = self.at.pos.max(head);
+                }
+            }
+        }
+        if end <= self.at.pos {
+            return None;
+        }
+        let n = cache.read_chunks(
+            filling.chunks.iter(),
+            &filling.tail,
+            filling.first_chunk,
+            end,
+            self.at.pos,
+            max_frames,
+            visit,
+        );
+        self.at.pos += n as u64;
+        self.at.in_pass += n as u64;
+        self.register(filling, id);
+        if cache.writer_may_go_on(filling) {
+            cache.cond.notify_all();
+        }
+        Some(Read::Frames(n))
+    }
+
+    /// Tells the copy where this reader is (for a seek not placed yet, the frame it waits for,
+    /// so the decoder runs ahead of that).
+    fn register(&self, filling: &mut Filling, id: usize) {
+        if let Some(slot) = filling.readers.get_mut(id).and_then(Option::as_mut) {
+            slot.pos = self
+                .at
+                .pending
+                .map_or(self.at.pos, |(frame, first)| first + frame);
+            slot.pass = self.pass;
+            slot.last_read = Instant::now();
+        }
+    }
+
+    /// Appends to `buffer` memories that share a complete copy's samples for up to
     /// `max_frames` frames from the reader's position, without copying, and moves the position
-    /// past them. `None` while the cache is not complete; `PassEnd` at its end.
+    /// past them. `None` while the copy is not complete; `PassEnd` at its end.
     pub fn share_into(&mut self, max_frames: usize, buffer: &mut gst::BufferRef) -> Option<Read> {
         let cache = &*self.cache;
         let frozen = cache.frozen.get()?;
@@ -1116,8 +1005,6 @@ impl Reader {
 }
 
 impl Playhead {
-    /// Reads a complete copy as the shape says: within the trimmed bounds, and through the
-    /// crossfade at a seam.
     /// The frames a pass plays, `head..tail`, for this shape (looked up once per threshold).
     fn bounds(&mut self, cache: &PcmCache, frozen: &Frozen) -> (u64, u64) {
         match self.shape.trim {
@@ -1136,49 +1023,27 @@ impl Playhead {
         }
     }
 
-    /// The frames a seam overlaps, for passes playing `head..tail`.
-    fn crossfade(&self, head: u64, tail: u64) -> u64 {
-        if self.shape.looping {
-            self.shape.crossfade.min((tail - head) / 2)
-        } else {
-            0
-        }
+    fn go_to(&mut self, place: Place) {
+        self.pos = place.pos;
+        self.in_pass = place.in_pass;
+        self.seam = place.seam;
     }
 
-    /// Places a pending seek (see `Reader::seek_output`) in a complete copy. The first pass
-    /// plays from the later of `first` and the head to the end of the pass (the tail, less the
-    /// crossfade when looping); each later pass is a seam then the rest of the pass, a period
-    /// of the pass's length less the crossfade.
+    /// Places a pending seek (see `Reader::seek_output`) in a complete copy.
     fn place_frozen(&mut self, cache: &PcmCache, frozen: &Frozen) {
         let Some((frame, first)) = self.pending.take() else {
             return;
         };
         let (head, tail) = self.bounds(cache, frozen);
-        let crossfade = self.crossfade(head, tail);
-        let end = tail - crossfade;
-        let from = head.max(first);
-        let first_pass = end.saturating_sub(from);
-        self.seam = None;
-        if frame < first_pass {
-            self.pos = from + frame;
-            self.in_pass = frame;
-            return;
-        }
-        let period = end - head;
-        if !self.shape.looping || period == 0 {
-            // Past the end: the pass ends (and loops, from a complete pass, when looping).
-            self.pos = end;
-            self.in_pass = frame.max(1);
-            return;
-        }
-        let into = (frame - first_pass) % period;
-        if into < crossfade {
-            self.seam = Some(into);
-            self.pos = end;
-        } else {
-            self.pos = head + into;
-        }
-        self.in_pass = into;
+        let crossfade = self.shape.crossfade_for(head, tail);
+        self.go_to(shape::place(
+            frame,
+            first,
+            head,
+            tail,
+            crossfade,
+            self.shape.looping,
+        ));
     }
 
     /// Places a pending seek in a copy still filling, once the frame it lands on is decoded
@@ -1189,12 +1054,11 @@ impl Playhead {
         let Some((frame, first)) = self.pending else {
             return true;
         };
-        // A window plays the stream as it is; a copy that ended or failed places it as it can.
-        let waits = !filling.streaming
-            && filling.ended.is_none()
-            && matches!(filling.status, Status::Filling);
+        // A window plays the stream as it is; a copy that failed places it as it can.
+        let window = filling.window.is_some();
+        let waits = !window && filling.failed.is_none();
         let head = match self.shape.trim {
-            Some(threshold) if !filling.streaming => {
+            Some(threshold) if !window => {
                 let max_trim = self.shape.max_trim;
                 if waits && filling.frames < max_trim {
                     return false;
@@ -1212,12 +1076,16 @@ impl Playhead {
             return false;
         }
         self.pending = None;
-        self.seam = None;
-        self.pos = pos;
-        self.in_pass = frame;
+        self.go_to(Place {
+            pos,
+            in_pass: frame,
+            seam: None,
+        });
         true
     }
 
+    /// Reads a complete copy as the shape says: within the trimmed bounds, and through the
+    /// crossfade at a seam.
     fn read_shaped(
         &mut self,
         cache: &PcmCache,
@@ -1227,33 +1095,20 @@ impl Playhead {
     ) -> Read {
         self.place_frozen(cache, frozen);
         let (head, tail) = self.bounds(cache, frozen);
-        let crossfade = self.crossfade(head, tail);
+        let crossfade = self.shape.crossfade_for(head, tail);
         if let Some(done) = self.seam {
-            if done >= crossfade {
-                self.seam = None;
-                self.pos = head + crossfade;
-            } else {
-                let n = (max_frames as u64).min(crossfade - done);
-                let key = (head, tail, crossfade);
-                let seam = match &self.seam_mix {
-                    Some((k, seam)) if *k == key => seam.clone(),
-                    _ => {
-                        let seam = cache.seam(frozen, key);
-                        self.seam_mix = Some((key, seam.clone()));
-                        seam
-                    }
-                };
-                let channels = cache.channels;
-                visit(&seam[done as usize * channels..(done + n) as usize * channels]);
-                self.in_pass += n;
-                if done + n == crossfade {
-                    self.seam = None;
-                    self.pos = head + crossfade;
-                } else {
-                    self.seam = Some(done + n);
-                }
-                return Read::Frames(n as usize);
+            if done < crossfade {
+                return self.read_seam(
+                    cache,
+                    frozen,
+                    (head, tail, crossfade),
+                    done,
+                    max_frames,
+                    visit,
+                );
             }
+            self.seam = None;
+            self.pos = head + crossfade;
         }
         self.pos = self.pos.max(head);
         let end = tail - crossfade;
@@ -1267,6 +1122,38 @@ impl Playhead {
             self.in_pass += n as u64;
         }
         read
+    }
+
+    /// Reads on in a seam, `done` of its frames read already.
+    fn read_seam(
+        &mut self,
+        cache: &PcmCache,
+        frozen: &Frozen,
+        key: SeamKey,
+        done: u64,
+        max_frames: usize,
+        visit: &mut impl FnMut(&[i16]),
+    ) -> Read {
+        let (head, _, crossfade) = key;
+        let n = (max_frames as u64).min(crossfade - done);
+        let seam = match &self.seam_mix {
+            Some((k, seam)) if *k == key => seam.clone(),
+            _ => {
+                let seam = cache.seam(frozen, key);
+                self.seam_mix = Some((key, seam.clone()));
+                seam
+            }
+        };
+        let channels = cache.channels;
+        visit(&seam[done as usize * channels..(done + n) as usize * channels]);
+        self.in_pass += n;
+        if done + n == crossfade {
+            self.seam = None;
+            self.pos = head + crossfade;
+        } else {
+            self.seam = Some(done + n);
+        }
+        Read::Frames(n as usize)
     }
 }
 
@@ -1299,9 +1186,26 @@ mod tests {
     fn collect(reader: &mut Reader, n: usize) -> (Read, Vec<i16>) {
         let mut out = Vec::new();
         let read = reader
-            .read(n, None, || false, |s| out.extend_from_slice(s))
+            .read(n, Wait::default(), || false, |s| out.extend_from_slice(s))
             .unwrap();
         (read, out)
+    }
+
+    fn soon() -> Wait {
+        Wait {
+            deadline: Some(Instant::now() + Duration::from_millis(10)),
+            stall: None,
+        }
+    }
+
+    /// Writes `total` frames of the mono ramp from `from` on, 1000 at a time, on a thread.
+    fn writer(cache: &Arc<PcmCache>, from: usize, total: usize) -> std::thread::JoinHandle<()> {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            for start in (from..total).step_by(1000) {
+                cache.push_bytes(&ramp(1000.min(total - start), 1, start));
+            }
+        })
     }
 
     #[test]
@@ -1310,38 +1214,59 @@ mod tests {
         let cache = Arc::new(PcmCache::new(48000, 2, u64::MAX));
         let mut reader = cache.reader().unwrap();
         let total = CHUNK_FRAMES * 2 + 100;
-        cache.push_bytes(&ramp(CHUNK_FRAMES + 10, 2, 0));
-        cache.push_bytes(&ramp(total - CHUNK_FRAMES - 10, 2, CHUNK_FRAMES + 10));
-
+        let writing = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.push_bytes(&ramp(CHUNK_FRAMES + 10, 2, 0));
+                cache.push_bytes(&ramp(total - CHUNK_FRAMES - 10, 2, CHUNK_FRAMES + 10));
+            })
+        };
         let mut got = Vec::new();
-        while got.len() < (CHUNK_FRAMES + 50) * 2 {
-            let (read, s) = collect(&mut reader, CHUNK_FRAMES + 50 - got.len() / 2);
+        while got.len() < total * 2 {
+            let (read, s) = collect(&mut reader, total - got.len() / 2);
             assert!(matches!(read, Read::Frames(_)));
             got.extend(s);
         }
-        assert_eq!(got, expect(0, CHUNK_FRAMES + 50, 2));
+        writing.join().unwrap();
+        assert_eq!(got, expect(0, total, 2));
         assert_eq!(cache.complete_frames(), None);
 
-        assert!(!cache.end_pass(), "a complete cache needs no second pass");
+        assert!(!cache.end_pass(), "a complete copy needs no second pass");
         assert_eq!(cache.complete_frames(), Some(total as u64));
         assert_eq!(cache.byte_size(), total as u64 * 4);
-        let mut rest = Vec::new();
-        loop {
-            match collect(&mut reader, 1000) {
-                (Read::Frames(_), s) => rest.extend(s),
-                (read, _) => {
-                    assert_eq!(read, Read::PassEnd);
-                    break;
-                }
-            }
-        }
-        assert_eq!(
-            rest,
-            expect(CHUNK_FRAMES + 50, total - CHUNK_FRAMES - 50, 2)
-        );
+        assert_eq!(collect(&mut reader, 1000).0, Read::PassEnd);
         // Looping starts again at frame 0.
         assert!(reader.next_pass());
         assert_eq!(collect(&mut reader, 10).1, expect(0, 10, 2));
+    }
+
+    /// The first pass is paced by the copy's own furthest reader: the decoder stays a bounded
+    /// lead ahead of it, and waits while no element reads the copy.
+    #[test]
+    fn a_first_pass_decodes_a_bounded_lead_ahead_of_its_furthest_reader() {
+        gst::init().unwrap();
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let ahead = cache.frames_in(DECODE_AHEAD_MAX);
+        let mut reader = cache.reader().unwrap();
+        let writing = writer(&cache, 0, 40_000);
+        let mut got = 0usize;
+        while got < 20_000 {
+            let (read, s) = collect(&mut reader, 700);
+            assert!(matches!(read, Read::Frames(_)));
+            assert_eq!(s, expect(got, s.len(), 1));
+            got += s.len();
+            // At most the lead and one write ahead.
+            let held = cache.byte_size() / 2;
+            assert!(held <= got as u64 + ahead + 1000, "{held} decoded at {got}");
+        }
+        // No reader: the decoder waits for one.
+        drop(reader);
+        std::thread::sleep(Duration::from_millis(50));
+        let held = cache.byte_size() / 2;
+        assert!(held < 22_000 + ahead, "{held}");
+        assert!(!writing.is_finished());
+        cache.close();
+        writing.join().unwrap();
     }
 
     #[test]
@@ -1351,10 +1276,14 @@ mod tests {
         let mut reader = cache.reader().unwrap();
         let mut buffer = gst::Buffer::new();
         assert_eq!(reader.share_into(10, buffer.get_mut().unwrap()), None);
-        cache.push_bytes(&ramp(CHUNK_FRAMES + 20, 1, 0));
-        cache.end_pass();
+        let writing = writer(&cache, 0, CHUNK_FRAMES + 20);
         let pos = CHUNK_FRAMES - 4;
-        collect(&mut reader, pos);
+        let mut got = 0;
+        while got < pos {
+            got += collect(&mut reader, pos - got).1.len();
+        }
+        writing.join().unwrap();
+        cache.end_pass();
         assert_eq!(
             reader.share_into(10, buffer.get_mut().unwrap()),
             Some(Read::Frames(10))
@@ -1377,7 +1306,7 @@ mod tests {
         cache.fail(gst::error_msg!(gst::StreamError::Decode, ("broken")));
         assert_eq!(collect(&mut reader, 20).0, Read::Frames(10));
         assert!(matches!(
-            reader.read(20, None, || false, |_| ()),
+            reader.read(20, Wait::default(), || false, |_| ()),
             Err(ReadError::Failed(_))
         ));
     }
@@ -1389,7 +1318,7 @@ mod tests {
         let mut reader = cache.reader().unwrap();
         let reader = std::thread::spawn(move || {
             let mut n = 0;
-            let read = reader.read(5, None, || false, |s| n += s.len());
+            let read = reader.read(5, Wait::default(), || false, |s| n += s.len());
             (reader, read, n)
         });
         std::thread::sleep(Duration::from_millis(20));
@@ -1398,22 +1327,59 @@ mod tests {
         assert_eq!((read, n), (Ok(Read::Frames(5)), 5));
 
         // Nothing more is decoded: a deadline ends the wait with nothing read.
-        let deadline = Instant::now() + Duration::from_millis(10);
-        assert_eq!(
-            reader.read(5, Some(deadline), || false, |_| ()),
-            Ok(Read::NotYet)
-        );
+        assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
         assert_eq!(reader.position(), 5);
 
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
         let waiting = std::thread::spawn(move || {
-            reader.read(5, None, || flag.load(Ordering::SeqCst), |_| ())
+            reader.read(5, Wait::default(), || flag.load(Ordering::SeqCst), |_| ())
         });
         std::thread::sleep(Duration::from_millis(20));
         cancel.store(true, Ordering::SeqCst);
         cache.wake();
         assert_eq!(waiting.join().unwrap(), Err(ReadError::Cancelled));
+    }
+
+    /// A decoder that adds nothing while a reader waits is stalled once the reader's stall
+    /// limit passes, with or without a deadline on each read; one that waits for a reader is
+    /// not, however long it waits.
+    #[test]
+    fn a_decoder_that_adds_nothing_is_found_stalled() {
+        gst::init().unwrap();
+        let stall = Duration::from_millis(60);
+        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let mut reader = cache.reader().unwrap();
+        cache.push_bytes(&ramp(10, 1, 0));
+        assert_eq!(collect(&mut reader, 10).0, Read::Frames(10));
+        let started = Instant::now();
+        let waited = reader.read(
+            10,
+            Wait {
+                deadline: None,
+                stall: Some(stall),
+            },
+            || false,
+            |_| (),
+        );
+        assert!(
+            matches!(waited, Err(ReadError::Stalled(d)) if d >= stall),
+            "{waited:?}"
+        );
+        assert!(started.elapsed() >= stall - Duration::from_millis(15));
+        // With deadlines (live): NotYet until the stall limit, then Stalled.
+        let live = || Wait {
+            deadline: Some(Instant::now() + Duration::from_millis(5)),
+            stall: Some(stall),
+        };
+        cache.push_bytes(&ramp(10, 1, 10));
+        assert_eq!(collect(&mut reader, 10).0, Read::Frames(10));
+        assert_eq!(reader.read(10, live(), || false, |_| ()), Ok(Read::NotYet));
+        std::thread::sleep(stall);
+        assert!(matches!(
+            reader.read(10, live(), || false, |_| ()),
+            Err(ReadError::Stalled(_))
+        ));
     }
 
     #[test]
@@ -1427,13 +1393,15 @@ mod tests {
             crossfade: 0,
             looping: true,
         });
-        let soon = || Some(Instant::now() + Duration::from_millis(10));
         // 50 silent frames: the head is not known before 100 frames are decoded.
         cache.push_bytes(&[0u8; 100]);
         assert!(reader.seek_output(200, 0));
         assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
-        // Then a ramp from 1: frame 50 + k holds k + 1.
-        cache.push_bytes(&ramp(1000, 1, 1));
+        // Then a ramp from 1: frame 50 + k holds k + 1. The decoder runs ahead of the seek.
+        let writing = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.push_bytes(&ramp(1000, 1, 1)))
+        };
         assert_eq!(
             collect(&mut reader, 5),
             (Read::Frames(5), expect(201, 5, 1))
@@ -1442,6 +1410,7 @@ mod tests {
         // Past what is decoded: it waits, and once the copy is complete (1000 frames from the
         // head) it wraps into the loop.
         assert!(reader.seek_output(5_003, 0));
+        writing.join().unwrap();
         assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
         assert!(!cache.end_pass());
         assert_eq!(collect(&mut reader, 5), (Read::Frames(5), expect(4, 5, 1)));
@@ -1459,12 +1428,15 @@ mod tests {
         };
         let mut reader = cache.reader().unwrap();
         reader.set_shape(shape);
-        cache.push_bytes(&ramp(1000, 1, 1));
         // Output frame 950 is 50 frames into the first seam (the first pass ends at 900), but
         // where that pass ends is not known while the copy may still grow.
         assert!(reader.seek_output(950, 0));
-        let soon = Some(Instant::now() + Duration::from_millis(10));
-        assert_eq!(reader.read(5, soon, || false, |_| ()), Ok(Read::NotYet));
+        let writing = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.push_bytes(&ramp(1000, 1, 1)))
+        };
+        writing.join().unwrap();
+        assert_eq!(reader.read(5, soon(), || false, |_| ()), Ok(Read::NotYet));
         assert!(!cache.end_pass());
         let (read, seeked) = collect(&mut reader, 5);
         assert_eq!(read, Read::Frames(5));
@@ -1484,47 +1456,30 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_over_its_limit_becomes_a_bounded_window() {
+    fn a_copy_over_its_limit_becomes_a_bounded_window() {
         gst::init().unwrap();
         // Mono 8 kHz: a chunk is 32 KiB. The limit is three chunks.
         let limit = 3 * CHUNK_FRAMES as u64 * 2;
         let cache = Arc::new(PcmCache::new(8000, 1, limit));
         let mut reader = cache.reader().unwrap();
         let total = CHUNK_FRAMES * 40;
-        let writer = {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                for start in (0..total).step_by(1000) {
-                    cache.push_bytes(&ramp(1000.min(total - start), 1, start));
-                }
-                cache.end_pass()
-            })
-        };
+        let writing = writer(&cache, 0, total);
         let mut got = 0usize;
         let mut most_held = 0u64;
         while got < total {
-            let mut ok = true;
-            let read = reader
-                .read(
-                    700,
-                    None,
-                    || false,
-                    |s| {
-                        ok &= s == &expect(got, s.len(), 1)[..];
-                        got += s.len();
-                    },
-                )
-                .unwrap();
-            assert!(ok, "samples differ at frame {got}");
+            let (read, s) = collect(&mut reader, 700);
             assert!(matches!(read, Read::Frames(_)), "{read:?} at {got}");
+            assert_eq!(s, expect(got, s.len(), 1), "at frame {got}");
+            got += s.len();
             most_held = most_held.max(cache.byte_size());
         }
+        writing.join().unwrap();
         // It streams: the next pass is asked for, and memory stayed near the limit, far below
         // the 1.3 MB the file decodes to.
-        assert!(writer.join().unwrap());
+        assert!(cache.end_pass());
         assert_eq!(cache.complete_frames(), None);
         assert!(
-            most_held <= limit + 4 * CHUNK_FRAMES as u64 * 2,
+            most_held <= limit + 2 * CHUNK_FRAMES as u64 * 2,
             "held {most_held}"
         );
         // A late reader cannot start a stream whose start is gone.
@@ -1557,59 +1512,107 @@ mod tests {
         cache.end_stream("cannot loop".to_owned());
         assert!(reader.next_pass());
         assert_eq!(
-            reader.read(10, None, || false, |_| ()),
+            reader.read(10, Wait::default(), || false, |_| ()),
             Err(ReadError::Ended("cannot loop".to_owned()))
         );
     }
 
-    #[test]
-    fn a_reader_that_stops_reading_does_not_starve_the_others() {
+    /// Readers `offsets` frames behind the first, reading in turn from one thread (the first
+    /// 700 frames at a time, each other one up to its offset behind it) while the writer fills
+    /// a window of `limit` bytes (mono 8 kHz): every reader gets every frame.
+    fn readers_in_turn(limit: u64, offsets: &[usize], total: usize) {
         gst::init().unwrap();
-        // A shared copy of unknown length turns into a window: mono 8 kHz, limit three chunks.
-        let limit = 3 * CHUNK_FRAMES as u64 * 2;
-        let cache = Arc::new(PcmCache::new(8000, 1, limit));
+        let cache = Arc::new(PcmCache::streaming(8000, 1, limit));
+        let mut readers: Vec<(Reader, usize)> = offsets
+            .iter()
+            .map(|_| (cache.reader().unwrap(), 0))
+            .collect();
+        let writing = writer(&cache, 0, total);
+        while readers.iter().any(|(_, got)| *got < total) {
+            let first = readers[0].1;
+            for (i, ((reader, got), offset)) in readers.iter_mut().zip(offsets).enumerate() {
+                let target = match i {
+                    0 => (first + 700).min(total),
+                    _ if first == total => total,
+                    _ => first.saturating_sub(*offset),
+                };
+                while *got < target {
+                    let (read, s) = collect(reader, target - *got);
+                    assert!(matches!(read, Read::Frames(_)), "{read:?} at {got}");
+                    assert_eq!(s, expect(*got, s.len(), 1), "reader {i} at frame {got}");
+                    *got += s.len();
+                    assert_eq!(reader.take_lost(), 0, "reader {i} lost frames");
+                }
+            }
+        }
+        cache.close();
+        writing.join().unwrap();
+    }
+
+    #[test]
+    fn readers_a_few_hundred_frames_apart_lose_nothing_across_chunk_boundaries() {
+        for limit in [64 * 1024, 2_000_000] {
+            readers_in_turn(limit, &[0, 300], STREAM_CHUNK_FRAMES * 30);
+            readers_in_turn(limit, &[0, 300, 700], STREAM_CHUNK_FRAMES * 30);
+        }
+    }
+
+    #[test]
+    fn a_reader_900000_frames_behind_within_a_2_mb_window_loses_nothing() {
+        gst::init().unwrap();
+        // 2 MB of mono: 1,000,000 frames.
+        let cache = Arc::new(PcmCache::streaming(8000, 1, 2_000_000));
+        let mut ahead = cache.reader().unwrap();
+        let mut behind = cache.reader().unwrap();
+        let total = 1_100_000;
+        let writing = writer(&cache, 0, total);
+        let (mut a, mut b) = (0usize, 0usize);
+        while b < total - 1_000 {
+            if a < total && a < b + 900_000 {
+                let (_, s) = collect(&mut ahead, 7_000);
+                assert_eq!(s, expect(a, s.len(), 1), "ahead at {a}");
+                a += s.len();
+            } else {
+                let (_, s) = collect(&mut behind, 7_000);
+                assert_eq!(s, expect(b, s.len(), 1), "behind at {b}");
+                b += s.len();
+            }
+            assert_eq!(ahead.take_lost() + behind.take_lost(), 0);
+        }
+        writing.join().unwrap();
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_is_moved_on_and_told_how_much_it_lost() {
+        gst::init().unwrap();
+        // Mono 8 kHz, a window of 40,000 frames.
+        let cache = Arc::new(PcmCache::streaming(8000, 1, 80_000));
         let mut active = cache.reader().unwrap();
         let mut paused = cache.reader().unwrap();
-        cache.push_bytes(&ramp(1000, 1, 0));
+        let total = STREAM_CHUNK_FRAMES * 40;
+        let writing = writer(&cache, 0, 1000);
+        writing.join().unwrap();
         assert_eq!(collect(&mut paused, 100).0, Read::Frames(100));
-        let total = CHUNK_FRAMES * 12;
-        let writer = {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                for start in (1000..total).step_by(1000) {
-                    cache.push_bytes(&ramp(1000.min(total - start), 1, start));
-                }
-            })
-        };
-        // The active reader gets through it all while the other one reads nothing.
+        let writing = writer(&cache, 1000, total);
+        // The active reader gets through it all while the other one reads nothing: it waits
+        // for the paused one only until that one counts as stalled.
         let mut got = 0usize;
         while got < total {
-            // (A deadline, so a starved reader fails the test instead of hanging it.)
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let read = active
-                .read(
-                    700,
-                    Some(deadline),
-                    || false,
-                    |s| {
-                        assert_eq!(s, &expect(got, s.len(), 1)[..], "at frame {got}");
-                        got += s.len();
-                    },
-                )
-                .unwrap();
+            let (read, s) = collect(&mut active, 700);
             assert!(matches!(read, Read::Frames(_)), "{read:?} at frame {got}");
-            assert!(cache.byte_size() <= limit + CHUNK_FRAMES as u64 * 2);
+            assert_eq!(s, expect(got, s.len(), 1), "at frame {got}");
+            got += s.len();
+            assert!(cache.byte_size() <= 80_000 + 2 * STREAM_CHUNK_FRAMES as u64 * 2);
         }
-        writer.join().unwrap();
-        // The paused one goes on from the oldest frame still held.
+        writing.join().unwrap();
+        assert_eq!(active.take_lost(), 0);
+        // The paused one goes on from where it was moved to, told how far.
         let (read, samples) = collect(&mut paused, 10);
         assert_eq!(read, Read::Frames(10));
-        assert!(
-            paused.position() > CHUNK_FRAMES as u64 * 8,
-            "{}",
-            paused.position()
-        );
-        assert_eq!(samples, expect(paused.position() as usize - 10, 10, 1));
+        let lost = paused.take_lost();
+        assert!(lost > STREAM_CHUNK_FRAMES as u64 * 20, "lost {lost}");
+        assert_eq!(paused.position(), 100 + lost + 10);
+        assert_eq!(samples, expect(100 + lost as usize, 10, 1));
     }
 
     #[test]
@@ -1620,58 +1623,5 @@ mod tests {
         assert!(!cache.end_pass(), "no second pass of an empty stream");
         assert_eq!(collect(&mut reader, 10).0, Read::PassEnd);
         assert!(!reader.next_pass());
-    }
-
-    /// A reader short of frames calls the feed hook (on its own thread, outside the cache's
-    /// lock) instead of waiting, and reads what it fed; a hook that declines, after the copy
-    /// was completed elsewhere meanwhile (as the decoder's task does, telling a reader that
-    /// is not waiting yet), does not leave the reader waiting for a wake-up that came before.
-    #[test]
-    fn readers_feed_through_the_hook_and_see_what_came_meanwhile() {
-        gst::init().unwrap();
-        let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));
-        let mut reader = cache.reader().unwrap();
-        let total = 3000;
-        let fed = Arc::new(Mutex::new(0usize));
-        let weak = Arc::downgrade(&cache);
-        let fed_hook = fed.clone();
-        cache.set_feed(Some(Arc::new(move || {
-            let Some(cache) = weak.upgrade() else {
-                return false;
-            };
-            let mut fed = fed_hook.lock().unwrap();
-            if *fed < 2000 {
-                // Fed here, 500 frames a call.
-                cache.push_bytes(&ramp(500, 1, *fed));
-                *fed += 500;
-                true
-            } else {
-                // The rest comes "from elsewhere", and the hook declines.
-                cache.push_bytes(&ramp(total - *fed, 1, *fed));
-                *fed = total;
-                assert!(!cache.end_pass());
-                false
-            }
-        })));
-
-        // On a thread of its own: a reader that missed the completion would wait for ever.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut got = Vec::new();
-            loop {
-                match reader.read(700, None, || false, |s| got.extend_from_slice(s)) {
-                    Ok(Read::Frames(_)) => (),
-                    Ok(Read::PassEnd) => break,
-                    other => panic!("{other:?} after {} frames", got.len()),
-                }
-            }
-            let _ = tx.send(got);
-        });
-        let got = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the reader is still waiting");
-        assert_eq!(got, expect(0, total, 1));
-        assert_eq!(*fed.lock().unwrap(), total);
-        assert_eq!(cache.complete_frames(), Some(total as u64));
     }
 }

@@ -85,7 +85,8 @@ pub struct Envelope {
     ramp_start: u64,
     ramp_frames: u64,
     fade_in_frames: u64,
-    fade_out: Option<(u64, u64)>,
+    /// First frame and length; the first frame may lie before frame 0 (see `moved`).
+    fade_out: Option<(i64, u64)>,
 }
 
 impl Envelope {
@@ -115,13 +116,29 @@ impl Envelope {
     /// Fades out over `frames` frames from frame `at`; a fade already running is kept.
     pub fn fade_out(&mut self, at: u64, frames: u64) {
         if self.fade_out.is_none() {
-            self.fade_out = Some((at, frames));
+            self.fade_out = Some((at as i64, frames));
         }
     }
 
     /// The first frame after the fade-out, if one was asked for.
     pub fn end(&self) -> Option<u64> {
-        self.fade_out.map(|(start, frames)| start + frames)
+        self.fade_out
+            .map(|(start, frames)| (start + frames as i64).max(0) as u64)
+    }
+
+    /// The envelope for output that goes on at frame `to` after frame `from` (a seek): the
+    /// gain goes on from where it was, a ramp towards the volume from the gain reached, a
+    /// fade-out under way from the point it reached (so it still ends, with EOS). No fade-in.
+    pub fn moved(&self, from: u64, to: u64) -> Self {
+        let shift = to as i64 - from as i64;
+        Envelope {
+            ramp_from: self.volume_at(from),
+            ramp_to: self.ramp_to,
+            ramp_start: to,
+            ramp_frames: self.ramp_frames,
+            fade_in_frames: 0,
+            fade_out: self.fade_out.map(|(start, frames)| (start + shift, frames)),
+        }
     }
 
     fn volume_at(&self, n: u64) -> f64 {
@@ -139,7 +156,8 @@ impl Envelope {
             gain *= n as f64 / self.fade_in_frames as f64;
         }
         if let Some((start, frames)) = self.fade_out {
-            if n >= start + frames {
+            let n = n as i64;
+            if n >= start + frames as i64 {
                 return 0.0;
             }
             if n >= start {
@@ -154,7 +172,7 @@ impl Envelope {
     pub fn constant(&self, from: u64, to: u64) -> Option<f64> {
         let ramping = self.ramp_from != self.ramp_to && from < self.ramp_start + self.ramp_frames;
         let fading_in = from < self.fade_in_frames;
-        let fading_out = self.fade_out.is_some_and(|(start, _)| to > start);
+        let fading_out = self.fade_out.is_some_and(|(start, _)| to as i64 > start);
         (!ramping && !fading_in && !fading_out).then_some(self.ramp_to)
     }
 }
@@ -294,6 +312,27 @@ mod tests {
         assert_eq!(env.constant(960, 1020), None);
         assert!((env.at(1100) - 0.5).abs() < 1e-9);
         assert_eq!(env.at(1200), 0.0);
+    }
+
+    #[test]
+    fn a_fade_out_goes_on_where_a_seek_moves_the_output() {
+        let mut env = Envelope::new(0.5, 100, 0);
+        env.fade_out(1000, 200);
+        // A seek at frame 1100 (half-way) to frame 40: the fade goes on from half-way.
+        let moved = env.moved(1100, 40);
+        assert!((moved.at(40) - 0.25).abs() < 1e-9);
+        assert_eq!(moved.end(), Some(140));
+        assert_eq!(moved.at(140), 0.0);
+        // Back past the fade's start: it has gone further than frame 0 would show.
+        let moved = env.moved(1150, 0);
+        assert!((moved.at(0) - 0.125).abs() < 1e-9);
+        assert_eq!(moved.end(), Some(50));
+        // A ramp goes on from the gain reached.
+        let mut env = Envelope::new(1.0, 100, 0);
+        env.set_volume(0.0, 0);
+        let moved = env.moved(50, 1000);
+        assert!((moved.at(1000) - 0.5).abs() < 1e-9);
+        assert_eq!(moved.at(1100), 0.0);
     }
 
     #[test]

@@ -1,5 +1,18 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
+//! The element's contract: properties, states, negotiation, seeking and queries. What `create`
+//! does is in `playout`.
+//!
+//! Locks, outermost first; a lock is only taken while holding those before it:
+//! 1. `settings`, 2. `state`, 3. `reader`, 4. `clock_id` (this element's own; `settings` and
+//!    `state` are copied out and dropped before anything blocks, pushes or touches the decode
+//!    chain; `reader` is held by the streaming thread while it reads, which may wait);
+//! 5. the registry's one lock (`registry`, bookkeeping only), then an entry's `decoder`;
+//! 6. a copy's `filling`, then its `memo` (`cache`);
+//! 7. a decode chain's `control`, then its `Shared` state (`decoder`).
+//!
+//! Nothing under 1–4 is held while a decode chain runs its callbacks, which take 6 and 7.
+
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -16,7 +29,6 @@ use super::decoder::{self, Decoder, NativeFormat, WaitError};
 use super::gain::{self, Envelope};
 use super::playout::frames_to_time;
 use super::registry::{self, CacheKey, FileId, Lease, Probe};
-use super::startup::{self, Startup};
 use super::{BgAudioSrcMode, CAT};
 
 const DEFAULT_LOCATION: Option<String> = None;
@@ -99,18 +111,19 @@ impl Default for Settings {
 
 /// What the element plays, as `start` found it.
 #[derive(Debug, Clone)]
-struct Source {
+pub(super) struct Source {
     /// The URI to decode.
     uri: String,
     /// The location as the user gave it, for messages.
-    location: String,
+    pub(super) location: String,
     /// The file on disk, when the location is a local file: what decoded copies and probes are
     /// shared by.
-    file: Option<FileId>,
+    pub(super) file: Option<FileId>,
 }
 
-/// From `start` until the output format is set: learning the file's own format. Nothing here
-/// blocks `start`; the wait happens on the streaming thread, in `negotiate`.
+/// From `start` until the output format is set: learning the file's own format. `start` starts
+/// the probe (or joins one) without waiting for it; the wait happens on the streaming thread, in
+/// `negotiate` (or in `do_seek`, for a seek that must know whether the source can seek).
 #[derive(Debug)]
 pub(super) struct Starting {
     source: Source,
@@ -133,8 +146,8 @@ pub(super) struct Running {
     pub(super) native: NativeFormat,
     /// The decoded copy, shared with every element playing the same file in the same format.
     pub(super) lease: Lease,
-    /// The entry's decode chain was shut down after the cache completed.
-    pub(super) decoder_released: bool,
+    /// Where the audio comes from, for messages.
+    pub(super) source: Source,
     pub(super) info: gst_audio::AudioInfo,
     pub(super) frames_per_buffer: usize,
     /// Frames output so far: every timestamp and offset comes from this counter.
@@ -181,9 +194,6 @@ pub struct BgAudioSrc {
     pub(super) reader: Mutex<Option<Reader>>,
     /// Set by `unlock`: format, cache and clock waits return at once.
     pub(super) flushing: AtomicBool,
-    /// Held from `start` to the first buffer: the start-up turn, and decoders give way
-    /// meanwhile (see `startup`).
-    pub(super) startup: Mutex<Option<Startup>>,
     /// The `fade-out` signal came; the next buffer starts the fade.
     pub(super) fade_out_pending: AtomicBool,
     /// The clock wait in progress in mixing mode, for `unlock` to cancel.
@@ -586,7 +596,7 @@ impl BaseSrcImpl for BgAudioSrc {
         let deadline = settings
             .timeout
             .map(|t| Instant::now() + std::time::Duration::from_nanos(t.nseconds()));
-        *self.state() = State::Starting(Box::new(Starting {
+        let mut starting = Starting {
             source: Source {
                 uri,
                 location,
@@ -597,15 +607,15 @@ impl BaseSrcImpl for BgAudioSrc {
             decoder: None,
             native: None,
             seek: None,
-        }));
+        };
         self.flushing.store(false, Ordering::SeqCst);
         self.fade_out_pending.store(false, Ordering::SeqCst);
-        *self.startup() = Some(Startup::new());
+        self.probe(&mut starting)?;
+        *self.state() = State::Starting(Box::new(starting));
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        self.startup().take();
         // The reader first, so a streaming cache no longer keeps data for it; then the lease and
         // any decode chain, outside our locks.
         let reader = self.reader().take();
@@ -783,36 +793,31 @@ impl BaseSrcImpl for BgAudioSrc {
         drop(state);
 
         gst::debug!(CAT, imp = self, "Output caps {}", caps);
-        let live_source = probe_decoder.as_ref().is_some_and(Decoder::is_live);
-        // A file that decodes to more than max-cache-size, or a live stream, plays through a
-        // window from the start. Otherwise the copy is kept (and shared) unless it turns out
-        // longer than the limit, in which case it becomes a window then.
+        // A source that streams (see `streams`) plays through a window from the start; so does
+        // one whose copy in the output format is known to exceed the limit, unless a seek was
+        // accepted meanwhile (a copy turns into a window itself if it grows past the limit).
+        // Otherwise the copy is kept (and shared).
         let max_cache_size = settings.max_cache_size;
-        let decoded_bytes = native.duration.and_then(|d| {
-            d.nseconds().mul_div_ceil(
-                copy_info.rate() as u64 * copy_info.bpf() as u64,
-                *gst::ClockTime::SECOND,
-            )
-        });
-        let too_long = decoded_bytes.is_some_and(|bytes| bytes > max_cache_size);
-        if too_long || live_source {
+        let output_bytes = decoded_bytes(native.duration, copy_info.rate(), copy_info.bpf());
+        let streaming = streams(&native, max_cache_size)
+            || (seek.is_none() && output_bytes.is_some_and(|b| b > max_cache_size));
+        if streaming {
             gst::info!(
                 CAT,
                 imp = self,
                 "'{}' {}: streaming through a window",
                 source.location,
-                if live_source {
+                if native.live {
                     "is live".to_owned()
                 } else {
                     format!(
                         "decodes to {} bytes, over max-cache-size {}",
-                        decoded_bytes.unwrap_or(0),
+                        output_bytes.unwrap_or(0),
                         max_cache_size
                     )
                 }
             );
         }
-        let streaming = too_long || live_source;
         let key = source
             .file
             .clone()
@@ -851,11 +856,9 @@ impl BaseSrcImpl for BgAudioSrc {
                 Some(decoder) => Ok(decoder),
                 None => Decoder::start(
                     &source.uri,
-                    source.file.as_ref().map(|f| f.path.as_path()),
+                    source.file.is_some(),
                     &decoder::Shared::new(&source.location),
                     Some(&copy_info),
-                    &|| (),
-                    &|| self.flushing.load(Ordering::SeqCst),
                 ),
             }
             .and_then(|mut decoder| {
@@ -870,8 +873,10 @@ impl BaseSrcImpl for BgAudioSrc {
                     return Err(gst::loggable_error!(CAT, "Could not start decoding"));
                 }
             }
-        } else {
-            drop(probe_decoder);
+        } else if let Some(mut decoder) = probe_decoder {
+            // Another element's chain fills the copy: this one goes, without this (streaming)
+            // thread waiting for it.
+            decoder.shutdown(false);
         }
         gst::info!(
             CAT,
@@ -886,7 +891,7 @@ impl BaseSrcImpl for BgAudioSrc {
         *self.state() = State::Running(Box::new(Running {
             native,
             lease,
-            decoder_released: false,
+            source,
             info,
             frames_per_buffer,
             sample_offset: 0,
@@ -998,9 +1003,14 @@ impl BaseSrcImpl for BgAudioSrc {
         if self.settings().mode == BgAudioSrcMode::Mixing {
             return false;
         }
+        let max_cache_size = self.settings().max_cache_size;
         match &*self.state() {
             State::Running(running) => !running.lease.entry().cache.is_window(),
-            _ => true,
+            // Refused before the first buffer as after it, once it is known to stream.
+            State::Starting(starting) => !starting
+                .native
+                .is_some_and(|native| streams(&native, max_cache_size)),
+            State::Stopped => true,
         }
     }
 
@@ -1035,16 +1045,17 @@ impl BaseSrcImpl for BgAudioSrc {
             // The start-up seek GstBaseSrc always makes: nothing to do.
             return true;
         }
-        let rate = match &mut *self.state() {
+        let starting = match &*self.state() {
             State::Stopped => return true,
-            State::Starting(starting) => {
-                // The seek to 0 GstBaseSrc makes at every start is no seek: the first pass
-                // starts where `start-position` says.
-                starting.seek =
-                    (start > gst::ClockTime::ZERO || stop.is_some()).then_some((start, stop));
-                return true;
-            }
+            State::Starting(_) => true,
+            State::Running(_) => false,
+        };
+        if starting {
+            return self.seek_while_starting(start, stop);
+        }
+        let rate = match &*self.state() {
             State::Running(running) => running.info.rate() as u64,
+            _ => return false,
         };
         gst::debug!(CAT, imp = self, "Seek to {} (stop {:?})", start, stop);
         self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)))
@@ -1056,7 +1067,6 @@ impl BaseSrcImpl for BgAudioSrc {
         if let Some(id) = self.clock_id().take() {
             id.unschedule();
         }
-        startup::wake_all();
         match &*self.state() {
             State::Starting(starting) => {
                 if let Some(shared) = &starting.waiting {
@@ -1091,105 +1101,60 @@ impl PushSrcImpl for BgAudioSrc {
 }
 
 impl BgAudioSrc {
-    /// Learns the source's own format: at once for a file probed before in this process, else
-    /// from a decode chain: one this element starts, or the one another element started on the
-    /// same file. Waits on the streaming thread; `unlock` interrupts the wait, and the deadline
-    /// from `timeout` ends it.
+    /// Starts learning the source's own format, without waiting: known at once for a file
+    /// probed before in this process; else from a decode chain, one this element starts (it
+    /// returns at once) or the one another element started on the same file.
+    /// Stores what it learnt in `starting`; call it with no lock held.
+    fn probe(&self, starting: &mut Starting) -> Result<(), gst::ErrorMessage> {
+        let source = &starting.source;
+        let probe = match &source.file {
+            Some(file) => registry::probe(file, &source.location),
+            None => Probe::Own(decoder::Shared::new(&source.location)),
+        };
+        match probe {
+            Probe::Known(native) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "'{}' decodes to {} Hz, {} channels (known from an earlier probe)",
+                    source.location,
+                    native.rate,
+                    native.channels
+                );
+                starting.native = Some(native);
+            }
+            Probe::Join(shared) => {
+                gst::debug!(CAT, imp = self, "Waiting for another element's probe");
+                starting.waiting = Some(shared);
+            }
+            Probe::Own(shared) => {
+                // The chain is told the output format up front when downstream allows one
+                // only, so it converts to it at once instead of negotiating twice.
+                let output = self.fixed_output();
+                starting.decoder = Some(Decoder::start(
+                    &source.uri,
+                    source.file.is_some(),
+                    &shared,
+                    output.as_ref(),
+                )?);
+                starting.waiting = Some(shared);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the source's own format (see `probe`), interruptibly (`unlock`) and within
+    /// `timeout`.
     fn wait_native(&self) -> Result<NativeFormat, WaitError> {
         loop {
-            let mut state = self.state();
-            let State::Starting(starting) = &mut *state else {
-                return match state.native() {
-                    Some(native) => Ok(native),
-                    None => Err(WaitError::Cancelled),
-                };
+            let (shared, deadline) = match &*self.state() {
+                State::Starting(starting) => match (starting.native, &starting.waiting) {
+                    (Some(native), _) => return Ok(native),
+                    (None, Some(shared)) => (shared.clone(), starting.deadline),
+                    (None, None) => return Err(WaitError::Abandoned),
+                },
+                state => return state.native().ok_or(WaitError::Cancelled),
             };
-            if let Some(native) = starting.native {
-                return Ok(native);
-            }
-            let deadline = starting.deadline;
-            let shared = match starting.waiting.clone() {
-                Some(shared) => {
-                    // Our own chain, fed from this thread until it shows its format: a flush
-                    // may have cut that short (see `Decoder::feed_start`). Fed on, outside our
-                    // lock.
-                    if let Some(decoder) = starting.decoder.take() {
-                        drop(state);
-                        decoder.feed_start(&|| self.flushing.load(Ordering::SeqCst));
-                        state = self.state();
-                        let State::Starting(starting) = &mut *state else {
-                            drop(state);
-                            drop(decoder);
-                            return Err(WaitError::Cancelled);
-                        };
-                        starting.decoder = Some(decoder);
-                    }
-                    shared
-                }
-                None => {
-                    let source = starting.source.clone();
-                    let probe = match &source.file {
-                        Some(file) => registry::probe(file, &source.location),
-                        None => Probe::Own(decoder::Shared::new(&source.location)),
-                    };
-                    let shared = match probe {
-                        Probe::Known(native) => {
-                            gst::info!(
-                                CAT,
-                                imp = self,
-                                "'{}' decodes to {} Hz, {} channels (known from an earlier probe)",
-                                source.location,
-                                native.rate,
-                                native.channels
-                            );
-                            starting.native = Some(native);
-                            return Ok(native);
-                        }
-                        Probe::Join(shared) => {
-                            gst::debug!(CAT, imp = self, "Waiting for another element's probe");
-                            shared
-                        }
-                        Probe::Own(shared) => {
-                            starting.waiting = Some(shared.clone());
-                            drop(state);
-                            // Starting a decode chain is the costly part of a start-up: one
-                            // that starts on threads of its own takes a turn (see `startup`),
-                            // a fed file none. Elements that join a probe or know the format
-                            // already need none. Cancelled (a flush), the chain is started all
-                            // the same and shut down with the element, so that those waiting
-                            // on `shared` are told.
-                            let output = self.fixed_output();
-                            // Builds the chain and sets it playing; returns at once. A failure
-                            // also reaches every element waiting on `shared`.
-                            let decoder = Decoder::start(
-                                &source.uri,
-                                source.file.as_ref().map(|f| f.path.as_path()),
-                                &shared,
-                                output.as_ref(),
-                                &|| {
-                                    let _ = self.take_turn();
-                                },
-                                &|| self.flushing.load(Ordering::SeqCst),
-                            )
-                            .map_err(WaitError::Failed)?;
-                            state = self.state();
-                            let State::Starting(starting) = &mut *state else {
-                                drop(state);
-                                drop(decoder);
-                                return Err(WaitError::Cancelled);
-                            };
-                            starting.decoder = Some(decoder);
-                            shared
-                        }
-                    };
-                    if let State::Starting(starting) = &mut *state {
-                        starting.waiting = Some(shared.clone());
-                    }
-                    shared
-                }
-            };
-            drop(state);
-
             let waited = shared.wait_native(deadline, || self.flushing.load(Ordering::SeqCst));
             let mut state = self.state();
             let State::Starting(starting) = &mut *state else {
@@ -1203,19 +1168,62 @@ impl BgAudioSrc {
                     gst::info!(
                         CAT,
                         imp = self,
-                        "'{}' decodes to {} Hz, {} channels",
+                        "'{}' decodes to {} Hz, {} channels{}",
                         starting.source.location,
                         native.rate,
-                        native.channels
+                        native.channels,
+                        if native.live { " (live)" } else { "" }
                     );
                     starting.native = Some(native);
                     return Ok(native);
                 }
-                // The element that probed stopped: probe again, maybe as the owner this time.
-                Err(WaitError::Abandoned) => starting.waiting = None,
+                // The element that probed stopped: probe again, maybe as the owner this time,
+                // outside the lock.
+                Err(WaitError::Abandoned) => {
+                    let mut again = Starting {
+                        source: starting.source.clone(),
+                        deadline: starting.deadline,
+                        waiting: None,
+                        decoder: None,
+                        native: None,
+                        seek: None,
+                    };
+                    drop(state);
+                    self.probe(&mut again).map_err(WaitError::Failed)?;
+                    if let State::Starting(starting) = &mut *self.state() {
+                        starting.waiting = again.waiting.take();
+                        starting.decoder = again.decoder.take();
+                        starting.native = again.native;
+                    }
+                }
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// A seek before the output format: applied when the output starts, or refused as it would
+    /// be then, when the source turns out to stream through a window. Waits for the format for
+    /// that (as `negotiate` would). The seek to 0 GstBaseSrc makes at every start is no seek:
+    /// the first pass starts where `start-position` says.
+    fn seek_while_starting(&self, start: gst::ClockTime, stop: Option<gst::ClockTime>) -> bool {
+        let seek = (start > gst::ClockTime::ZERO || stop.is_some()).then_some((start, stop));
+        if seek.is_some() {
+            let native = match self.wait_native() {
+                Ok(native) => native,
+                Err(err) => {
+                    gst::debug!(CAT, imp = self, "Seek before the format: {:?}", err);
+                    return false;
+                }
+            };
+            if streams(&native, self.settings().max_cache_size) {
+                gst::debug!(CAT, imp = self, "Cannot seek in a window over the stream");
+                return false;
+            }
+        }
+        if let State::Starting(starting) = &mut *self.state() {
+            starting.seek = seek;
+        }
+        true
     }
 
     /// The output format when downstream allows one rate and channel layout only, whatever the
@@ -1353,10 +1361,13 @@ impl BgAudioSrc {
         }
         drop(reader);
         if let State::Running(running) = &mut *self.state() {
+            // The gain goes on from where it was: a fade-out under way still ends in EOS.
+            running.envelope = running
+                .envelope
+                .take()
+                .map(|envelope| envelope.moved(running.sample_offset, frame));
             running.sample_offset = frame;
             running.stop = stop;
-            // Made again at the next buffer, at the volume then (no fade-in in playback).
-            running.envelope = None;
         }
         gst::debug!(
             CAT,
@@ -1367,31 +1378,6 @@ impl BgAudioSrc {
             stop
         );
         true
-    }
-
-    /// Waits for this element's start-up turn (see `startup`), unless it is running already.
-    fn take_turn(&self) -> Result<(), WaitError> {
-        if !matches!(*self.state(), State::Starting(_)) {
-            return Ok(());
-        }
-        // Out of its mutex while waiting; only the streaming thread (here) and `stop` (after
-        // that thread is gone) touch it.
-        let mut startup = self.startup().take();
-        let got = startup
-            .as_mut()
-            .is_none_or(|s| s.take_turn(|| self.flushing.load(Ordering::SeqCst)));
-        *self.startup() = startup;
-        gst::debug!(
-            CAT,
-            imp = self,
-            "Start-up turn {}",
-            if got { "taken" } else { "cancelled" }
-        );
-        if got {
-            Ok(())
-        } else {
-            Err(WaitError::Cancelled)
-        }
     }
 
     /// The location and timeout, for the message of a source that showed no format in time.
@@ -1415,10 +1401,6 @@ impl BgAudioSrc {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn startup(&self) -> MutexGuard<'_, Option<Startup>> {
-        self.startup.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(super) fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1430,6 +1412,26 @@ fn seek_frame(time: gst::ClockTime, rate: u64) -> u64 {
     time.nseconds()
         .mul_div_round(rate, *gst::ClockTime::SECOND)
         .unwrap_or(u64::MAX)
+}
+
+/// Whether a source plays through a window: it is live, or it decodes to more than
+/// `max_cache_size` at its own rate and channel count. Known from its format alone, so a seek
+/// before the first buffer is refused as one after it.
+fn streams(native: &NativeFormat, max_cache_size: u64) -> bool {
+    native.live
+        || decoded_bytes(
+            native.duration,
+            native.rate as u32,
+            native.channels as u32 * 2,
+        )
+        .is_some_and(|bytes| bytes > max_cache_size)
+}
+
+/// The bytes of S16 that `duration` decodes to at `rate` with `bpf` bytes per frame.
+fn decoded_bytes(duration: Option<gst::ClockTime>, rate: u32, bpf: u32) -> Option<u64> {
+    duration?
+        .nseconds()
+        .mul_div_ceil(rate as u64 * bpf as u64, *gst::ClockTime::SECOND)
 }
 
 /// The format of the decoded copy behind output `info`: S16 at its rate and channel layout.

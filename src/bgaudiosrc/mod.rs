@@ -8,15 +8,14 @@ use gst::prelude::*;
 
 use std::sync::LazyLock;
 
-mod autoplug;
 mod cache;
 mod decoder;
-mod feeder;
 mod gain;
 mod imp;
 mod playout;
 mod registry;
-mod startup;
+mod shape;
+mod window;
 
 pub use registry::{
     retain_budget, set_retain_budget, usage as cache_usage, CacheUsage, DEFAULT_RETAIN_BYTES,

@@ -14,9 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Instant;
 
-use super::cache::{Read, ReadError, Reader, Shape};
+use super::cache::{Read, ReadError, Reader, Wait};
 use super::gain::{self, Envelope};
 use super::imp::{BgAudioSrc, State, MAX_TRIM, VOLUME_RAMP};
+use super::shape::Shape;
 use super::{BgAudioSrcMode, CAT};
 
 /// The settings `create` needs, copied out once per buffer without allocating.
@@ -30,6 +31,7 @@ struct Playout {
     do_loop: bool,
     fade_in: gst::ClockTime,
     fade_out: gst::ClockTime,
+    timeout: Option<gst::ClockTime>,
 }
 
 /// How `fill_copied` scales the samples it copies.
@@ -67,8 +69,6 @@ impl BgAudioSrc {
             return Err(gst::FlowError::NotNegotiated);
         };
         let entry = running.lease.entry().clone();
-        let release_decoder = !running.decoder_released && entry.cache.complete_frames().is_some();
-        running.decoder_released |= release_decoder;
         let rate = running.info.rate() as u64;
         let output = Output::of(&running.info);
         let (mut frames_per_buffer, sample_offset, stop, timestamp_offset) = (
@@ -78,10 +78,6 @@ impl BgAudioSrc {
             running.timestamp_offset,
         );
         drop(state);
-        if release_decoder {
-            // The file is decoded: its private pipeline and threads are no longer needed.
-            entry.release_decoder();
-        }
 
         // Let a GstController on `volume` update it for this buffer. (Before the first buffer
         // of a live run the offset is not known yet; the controller sees the stream from 0.)
@@ -138,14 +134,20 @@ impl BgAudioSrc {
         // Live, once running: the decoder gets until the buffer is due (half a buffer after its
         // start, so it still leaves on time); a source that stalls gives silence instead of a
         // late buffer.
-        let deadline = timestamp_offset
-            .filter(|_| self.obj().is_live())
-            .and_then(|offset| {
-                let due = offset
-                    + frames_to_time(sample_offset, rate)
-                    + frames_to_time(frames_per_buffer as u64 / 2, rate);
-                self.instant_at(due)
-            });
+        let wait = Wait {
+            deadline: timestamp_offset
+                .filter(|_| self.obj().is_live())
+                .and_then(|offset| {
+                    let due = offset
+                        + frames_to_time(sample_offset, rate)
+                        + frames_to_time(frames_per_buffer as u64 / 2, rate);
+                    self.instant_at(due)
+                }),
+            // A decoder that delivers nothing for `timeout` has stalled.
+            stall: settings
+                .timeout
+                .map(|t| std::time::Duration::from_nanos(t.nseconds())),
+        };
 
         let mut reader_guard = self.reader();
         let reader = reader_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
@@ -174,7 +176,7 @@ impl BgAudioSrc {
                 output,
                 settings.do_loop,
                 Gain::Constant(g),
-                deadline,
+                wait,
             )?,
             None => self.fill_copied(
                 reader,
@@ -182,7 +184,7 @@ impl BgAudioSrc {
                 output,
                 settings.do_loop,
                 Gain::Envelope(&envelope, sample_offset),
-                deadline,
+                wait,
             )?,
         };
         // Silent because of the gain (volume 0, mute, the end of a fade): flagged as
@@ -190,7 +192,11 @@ impl BgAudioSrc {
         // the place in the file.
         let silent = gain == Some(0.0);
         let position = reader.position();
+        let lost = reader.take_lost();
         drop(reader_guard);
+        if lost > 0 {
+            self.report_lost(lost, rate);
+        }
         let Fill::Buffer {
             mut buffer,
             frames,
@@ -261,7 +267,6 @@ impl BgAudioSrc {
 
         if first_buffer {
             gst::debug!(CAT, imp = self, "First buffer out");
-            self.startup().take();
         }
         if self.obj().is_live() {
             self.wait_until(pts)?;
@@ -304,8 +309,8 @@ impl BgAudioSrc {
     }
 
     /// Builds a buffer of up to `frames_per_buffer` frames, applying the volume while copying
-    /// out of the cache. Waits for the decoder during the first pass (or while streaming), until
-    /// `deadline` if there is one; what is not decoded by then is silence.
+    /// out of the copy. Waits for the decoder during the first pass (or while streaming), as
+    /// `wait` allows; what is not decoded by its deadline is silence.
     fn fill_copied(
         &self,
         reader: &mut Reader,
@@ -313,7 +318,7 @@ impl BgAudioSrc {
         output: Output,
         do_loop: bool,
         gain: Gain,
-        deadline: Option<Instant>,
+        wait: Wait,
     ) -> Result<Fill, gst::FlowError> {
         let channels = output.channels;
         let bpf = output.bpf();
@@ -357,7 +362,7 @@ impl BgAudioSrc {
             while frames < frames_per_buffer {
                 let read = reader.read(
                     frames_per_buffer - frames,
-                    deadline,
+                    wait,
                     || self.flushing.load(Ordering::SeqCst),
                     |src| {
                         out.write(written, src, gain, channels);
@@ -381,6 +386,10 @@ impl BgAudioSrc {
                         drop(map);
                         self.post_error_message(err);
                         return Err(gst::FlowError::Error);
+                    }
+                    Err(ReadError::Stalled(waited)) => {
+                        drop(map);
+                        return Err(self.stalled(waited));
                     }
                     Err(ReadError::Ended(why)) => {
                         if frames == 0 {
@@ -507,6 +516,52 @@ impl BgAudioSrc {
         gst::FlowError::Eos
     }
 
+    /// The decoder delivered nothing for `waited` (over `timeout`) while this element waited:
+    /// an ERROR naming the file, and its decode chain shut down so nothing spins on.
+    fn stalled(&self, waited: std::time::Duration) -> gst::FlowError {
+        let (entry, location, local) = match &*self.state() {
+            State::Running(running) => (
+                running.lease.entry().clone(),
+                running.source.location.clone(),
+                running.source.file.is_some(),
+            ),
+            _ => return gst::FlowError::Flushing,
+        };
+        let text = format!(
+            "'{}' delivered no audio for {:.1} s (the 'timeout' property): its decoder stalled",
+            location,
+            waited.as_secs_f64()
+        );
+        let err = if local {
+            gst::error_msg!(gst::StreamError::Decode, ("{}", text))
+        } else {
+            gst::error_msg!(gst::ResourceError::Read, ("{}", text))
+        };
+        gst::warning!(CAT, imp = self, "{}", text);
+        entry.fail(err.clone());
+        self.post_error_message(err);
+        gst::FlowError::Error
+    }
+
+    /// A window moved this element on by `lost` frames: it had stalled, or fallen further
+    /// behind the others sharing the window than the window holds.
+    fn report_lost(&self, lost: u64, rate: u64) {
+        let location = match &*self.state() {
+            State::Running(running) => running.source.location.clone(),
+            _ => return,
+        };
+        gst::element_imp_warning!(
+            self,
+            gst::StreamError::Failed,
+            (
+                "Fell behind the window shared over '{}' and lost {} frames ({:.3} s):                  max-cache-size holds less than the elements sharing it are apart",
+                location,
+                lost,
+                lost as f64 / rate as f64
+            )
+        );
+    }
+
     fn log_loop(&self, position: u64) {
         gst::debug!(
             CAT,
@@ -527,6 +582,7 @@ impl BgAudioSrc {
             do_loop: s.do_loop,
             fade_in: s.fade_in,
             fade_out: s.fade_out,
+            timeout: s.timeout,
         }
     }
 }

@@ -5,13 +5,16 @@
 //! Every `bgaudiosrc` that plays the same file at the same rate, channel count and channel layout
 //! holds the same `Entry`: one `PcmCache`, filled by one decode chain. The key includes the
 //! file's size and modification time, so a file changed on disk is a new entry. An element holds
-//! its entry through a `Lease`; when the last lease goes, a complete copy is kept (retained) for
-//! the next element that plays the file, within a process-wide budget, least recently used first
-//! out; anything else is freed with its decode chain.
+//! its entry through a `Lease`; when the last lease goes, the copy is kept (retained) for the
+//! next element that plays the file, within a process-wide budget, least recently used first
+//! out: a complete copy, or one whose first pass is still filling, whose decoder then waits
+//! for the next reader (at most `MAX_PARKED` of those). Anything else is freed with its decode
+//! chain. It also remembers the formats of files probed before, and the probes under way.
 //!
-//! The locks here guard bookkeeping only: no decode chain is started, probed or waited for while
-//! one is held. A new entry is published before its decode chain starts, and elements that join
-//! it meanwhile simply read from its cache, which waits for the data.
+//! Its one lock guards bookkeeping only: no decode chain is started, probed or waited for while
+//! it is held, and entries are dropped after it is released. A new entry is published before
+//! its decode chain starts, and elements that join it meanwhile simply read from its copy,
+//! which waits for the data.
 
 use gst::prelude::*;
 
@@ -28,6 +31,11 @@ use super::CAT;
 pub const RETAIN_ENV: &str = "GST_BGAUDIO_RETAIN_BYTES";
 /// The retained-copy budget when the environment does not set one: a few minutes of stereo.
 pub const DEFAULT_RETAIN_BYTES: u64 = 64 * 1024 * 1024;
+/// The most retained copies whose first pass is still filling: each keeps its decode chain
+/// (a thread or two and the open file) waiting for the next reader.
+const MAX_PARKED: usize = 8;
+/// The most file formats remembered; the record is cleared when it reaches this.
+const MAX_NATIVE: usize = 1024;
 
 /// The file as it is on disk: what makes two locations the same audio.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,26 +71,19 @@ impl Entry {
         self.decoder.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands the entry the decode chain that fills its cache.
+    /// Hands the entry the decode chain that fills its copy.
     pub fn set_decoder(&self, decoder: Decoder) {
         *self.decoder() = Some(decoder);
     }
 
-    /// Shuts the decode chain down once the cache is complete. Call it from a thread that is
-    /// not one of the decode chain's own.
-    pub fn release_decoder(&self) {
-        if self.cache.complete_frames().is_none() {
-            return;
-        }
+    /// The copy failed (`err` reaches every reader), and its decode chain is shut down without
+    /// waiting for it, so nothing spins on: callable from a streaming thread.
+    pub fn fail(&self, err: gst::ErrorMessage) {
+        self.cache.fail(err);
         let decoder = self.decoder().take();
-        if decoder.is_some() {
-            gst::debug!(
-                CAT,
-                id = self.cache.label(),
-                "Complete: shutting its decoder down"
-            );
+        if let Some(mut decoder) = decoder {
+            decoder.shutdown(false);
         }
-        drop(decoder);
     }
 
     /// The decoder's idea of the file's length, while it runs (asked with no lock held).
@@ -121,12 +122,23 @@ struct Slot {
     used: u64,
 }
 
+/// What is known of a file's format.
+#[derive(Debug)]
+enum Known {
+    Format(NativeFormat),
+    /// An element is probing it: others wait on its decode chain.
+    Probing(Weak<Shared>),
+}
+
 #[derive(Debug, Default)]
 struct Registry {
     slots: HashMap<CacheKey, Slot>,
     /// Entries nobody can share (streams, windows), for `usage()` only.
     private: Vec<Weak<Entry>>,
     clock: u64,
+    /// Formats of files probed before, and probes under way, by file identity (path, size,
+    /// mtime), so a stale record is never used.
+    formats: HashMap<FileId, Known>,
 }
 
 impl Registry {
@@ -147,11 +159,18 @@ impl Registry {
     /// are returned so that they are freed after the lock is released.
     fn evict(&mut self, budget: u64, out: &mut Vec<Arc<Entry>>) {
         let mut retained = self.retained_bytes();
-        while retained > budget {
+        let parked = |reg: &Registry| {
+            reg.slots
+                .values()
+                .filter(|s| s.users == 0 && s.entry.cache.is_filling())
+                .count()
+        };
+        while retained > budget || parked(self) > MAX_PARKED {
+            let over_budget = retained > budget;
             let Some(key) = self
                 .slots
                 .iter()
-                .filter(|(_, s)| s.users == 0)
+                .filter(|(_, s)| s.users == 0 && (over_budget || s.entry.cache.is_filling()))
                 .min_by_key(|(_, s)| s.used)
                 .map(|(k, _)| k.clone())
             else {
@@ -170,6 +189,7 @@ impl Registry {
     }
 }
 
+/// The process's one lock of its own: bookkeeping only (see the module doc).
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
 static RETAIN_BUDGET: LazyLock<AtomicU64> = LazyLock::new(|| {
@@ -277,13 +297,19 @@ fn release(entry: &Arc<Entry>) {
         return;
     }
     let budget = RETAIN_BUDGET.load(Ordering::Relaxed);
-    let complete = slot.entry.cache.complete_frames().is_some();
-    if complete && current && slot.entry.cache.byte_size() <= budget {
+    let cache = &slot.entry.cache;
+    let complete = cache.complete_frames().is_some();
+    if (complete || cache.is_filling()) && current && cache.byte_size() <= budget {
         slot.used = now;
         gst::debug!(
             CAT,
             id = entry.cache.label(),
-            "Retaining the copy (its last user stopped)"
+            "Retaining the copy (its last user stopped){}",
+            if complete {
+                ""
+            } else {
+                "; its decoder waits for the next reader"
+            }
         );
         reg.evict(budget, &mut dropped);
     } else {
@@ -295,8 +321,6 @@ fn release(entry: &Arc<Entry>) {
         );
     }
     drop(reg);
-    // A copy completed while its last user stopped may still have its decode chain.
-    entry.release_decoder();
     drop(dropped);
 }
 
@@ -355,17 +379,6 @@ pub fn usage() -> CacheUsage {
     usage
 }
 
-/// Decoded formats of files probed before, by file identity (path, size, mtime), so a stale
-/// record is never used. Bounded: cleared when it reaches `MAX_NATIVE` files.
-static NATIVE: LazyLock<Mutex<HashMap<FileId, NativeFormat>>> = LazyLock::new(Default::default);
-const MAX_NATIVE: usize = 1024;
-/// Probes in progress, by file, so that elements starting together on one file wait for one.
-static PROBING: LazyLock<Mutex<HashMap<FileId, Weak<Shared>>>> = LazyLock::new(Default::default);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// How an element learns a file's format.
 #[derive(Debug)]
 pub enum Probe {
@@ -380,30 +393,28 @@ pub enum Probe {
 /// Finds or starts the probe of `file`. Only bookkeeping under the lock: the caller starts the
 /// decode chain of an `Own` probe.
 pub fn probe(file: &FileId, location: &str) -> Probe {
-    if let Some(native) = lock(&NATIVE).get(file).copied() {
-        return Probe::Known(native);
+    let mut reg = registry();
+    match reg.formats.get(file) {
+        Some(Known::Format(native)) => return Probe::Known(*native),
+        Some(Known::Probing(shared)) => {
+            if let Some(shared) = shared.upgrade().filter(|s| !s.is_abandoned()) {
+                return Probe::Join(shared);
+            }
+        }
+        None => (),
     }
-    let mut probing = lock(&PROBING);
-    if let Some(shared) = probing
-        .get(file)
-        .and_then(Weak::upgrade)
-        .filter(|s| !s.is_abandoned())
-    {
-        return Probe::Join(shared);
+    if reg.formats.len() >= MAX_NATIVE {
+        reg.formats.clear();
     }
-    probing.retain(|_, w| w.strong_count() > 0);
     let shared = Shared::new(location);
-    probing.insert(file.clone(), Arc::downgrade(&shared));
+    reg.formats
+        .insert(file.clone(), Known::Probing(Arc::downgrade(&shared)));
     Probe::Own(shared)
 }
 
 /// Records the format a probe of `file` found, so later elements need not open it.
 pub fn remember(file: &FileId, native: NativeFormat) {
-    let mut natives = lock(&NATIVE);
-    if natives.len() >= MAX_NATIVE {
-        natives.clear();
-    }
-    natives.insert(file.clone(), native);
-    drop(natives);
-    lock(&PROBING).remove(file);
+    registry()
+        .formats
+        .insert(file.clone(), Known::Format(native));
 }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
-//! A local file's decoders are plugged by the element (`src/bgaudiosrc/autoplug.rs`): a
-//! candidate that cannot start gives way to the next one, as decodebin lets it. A process of its
-//! own (this file), as the test registers a decoder that outranks every other.
+//! The decode chain's decodebin picks the decoders: a candidate that cannot start gives way to
+//! the next one, as in the stock chain. A process of its own (this file), as the test registers
+//! a decoder that outranks every other.
 
 mod common;
 
@@ -99,7 +99,7 @@ glib::wrapper! {
 #[test]
 fn a_decoder_that_cannot_open_gives_way_to_the_next() {
     init();
-    let path = fixture_dir("autoplug").join("tone.mp3");
+    let path = fixture_dir("broken-decoder").join("tone.mp3");
     make_sine(&path, 44_100, 2, 440.0, 66_000, "lamemp3enc");
     let caps = s16("");
     // What the installed decoders make of it, before the broken one is registered.
@@ -121,7 +121,7 @@ fn a_decoder_that_cannot_open_gives_way_to_the_next() {
         .build()
         .is_ok());
     // A file of another name: not the copy decoded above.
-    let again = fixture_dir("autoplug").join("tone-again.mp3");
+    let again = fixture_dir("broken-decoder").join("tone-again.mp3");
     std::fs::copy(&path, &again).unwrap();
     let out = bgaudio(&again, "", &caps, None);
     assert!(out.error.is_none(), "{:?}", out.error);
