@@ -13,6 +13,8 @@ packages=(
     gstreamer1.0-plugins-good
     gstreamer1.0-libav
     gstreamer1.0-tools
+    # The lame encoder CLI: tests make MP3s with and without its info tag.
+    lame
 )
 
 # `db:Status-Status` is "installed" only for fully installed packages; removed-but-configured

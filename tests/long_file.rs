@@ -395,11 +395,11 @@ fn streamed_mp3_and_flac_passes_repeat_the_first() {
     }
 }
 
-/// A streamed file so short that its element's start-up decodes a whole pass before any task
-/// feeds it (one FLAC frame, or a few MP3 frames, for 4,000 frames against a 4 kB limit): it
-/// loops all the same, each pass the first one again, at the file's rate and resampled.
+/// A streamed file so short that a pass is about one read (one FLAC frame, or a few MP3 frames,
+/// for 4,000 frames against a 4 kB limit): it loops all the same, each pass the first one
+/// again, at the file's rate and resampled.
 #[test]
-fn a_streamed_file_whose_start_up_fed_a_whole_pass_loops() {
+fn a_streamed_file_about_one_read_long_loops() {
     let _serial = serial();
     init();
     for (name, encoder) in [("tenth.mp3", "lamemp3enc"), ("tenth.flac", "flacenc")] {
@@ -430,5 +430,87 @@ fn a_streamed_file_whose_start_up_fed_a_whole_pass_loops() {
                 );
             }
         }
+    }
+}
+
+/// Three elements on one file through a window far smaller than the file, each in a pipeline of
+/// its own started 20 ms and 300 ms after the first (in real time, `appsink sync=true`): each
+/// plays every sample of every pass, the first pass again and again, and none is told it lost
+/// any (the readers are within the window's limit of one another).
+#[test]
+fn three_elements_sharing_a_window_each_play_every_pass_whole() {
+    let _serial = serial();
+    init();
+    let path = fixture_dir("long_file").join("shared-window.mp3");
+    // 3 s of pink noise: a skip anywhere shows as a difference.
+    make_once(&path, |tmp| {
+        run(&format!(
+            "audiotestsrc wave=pink-noise volume=0.3 samplesperbuffer=1000 num-buffers=132 \
+             ! audio/x-raw,rate=44100,channels=1 ! lamemp3enc ! filesink location={}",
+            tmp.display()
+        ))
+    });
+    let caps = s16(",rate=44100,channels=1");
+    let once = bgaudio(&path, "loop=false", &caps, None);
+    assert!(once.eos, "{:?}", once.error);
+    let pass = once.samples.len();
+    assert!(pass > 130_000, "{pass}");
+    // 50 kB is 567 ms of the output: a window, whose limit the three are within.
+    let want = 2 * pass + pass / 3;
+    let played: Vec<_> = [0u64, 20, 280]
+        .into_iter()
+        .map(|delay| {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            let pipeline = pipeline(&format!(
+                "bgaudiosrc location=\"{}\" loop=true max-cache-size=50000 ! {caps} \
+                 ! appsink name=sink sync=true",
+                path.display()
+            ));
+            let sink = pipeline
+                .by_name("sink")
+                .and_downcast::<gst_app::AppSink>()
+                .unwrap();
+            let samples = Arc::new(std::sync::Mutex::new(Vec::<i16>::new()));
+            let into = samples.clone();
+            sink.set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                        if let Some(buffer) = sample.buffer() {
+                            into.lock().unwrap().extend(samples_of(buffer));
+                        }
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
+            pipeline.set_state(gst::State::Playing).unwrap();
+            (pipeline, samples)
+        })
+        .collect();
+    assert_eq!(gstbgaudio::cache_usage().entries, 1, "one shared window");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (i, (pipeline, samples)) in played.iter().enumerate() {
+        while samples.lock().unwrap().len() < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let bus = pipeline.bus().unwrap();
+        while let Some(msg) =
+            bus.pop_filtered(&[gst::MessageType::Warning, gst::MessageType::Error])
+        {
+            panic!("element {i}: {msg:?}");
+        }
+        let samples = samples.lock().unwrap();
+        assert!(
+            samples.len() >= want,
+            "element {i}: {} samples",
+            samples.len()
+        );
+        for (p, chunk) in samples[..want].chunks(pass).enumerate() {
+            let first_diff = chunk.iter().zip(&once.samples).position(|(a, b)| a != b);
+            assert_eq!(first_diff, None, "element {i}, pass {p}: samples differ");
+        }
+    }
+    for (pipeline, _) in played {
+        pipeline.set_state(gst::State::Null).unwrap();
     }
 }

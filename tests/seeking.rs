@@ -490,3 +490,59 @@ fn flushing_seeks_while_starting_then_the_whole_file_plays() {
         );
     }
 }
+
+/// A flushing seek during a fade-out moves the output, not the fade: the fade goes on from
+/// where it was, over the audio at the new position, and ends the stream with EOS.
+#[test]
+fn a_fade_out_goes_on_after_a_flushing_seek_and_ends_with_eos() {
+    init();
+    let path = twelve_seconds();
+    let reference = reference(&path, &caps());
+    let pipeline = pipeline(&format!(
+        "bgaudiosrc name=bg location=\"{}\" loop=true fade-out-duration=500000000 ! {} \
+         ! appsink name=sink sync=true max-buffers=2",
+        path.display(),
+        caps()
+    ));
+    let sink = pipeline
+        .by_name("sink")
+        .and_downcast::<gst_app::AppSink>()
+        .unwrap();
+    let bg = pipeline.by_name("bg").unwrap();
+    // 0.5 s in real time, then the fade-out, then 0.1 s of it.
+    let before = play(&pipeline, &sink, 24_000);
+    assert_eq!(before.samples.len(), 48_000);
+    bg.emit_by_name::<()>("fade-out", &[]);
+    let fading = play(&pipeline, &sink, 4_800);
+    assert!(!fading.eos);
+    seek(
+        &pipeline,
+        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::ClockTime::from_seconds(5).into(),
+        gst::ClockTime::NONE.into(),
+    );
+    // At most the whole fade again: without EOS the loop would play on for ever.
+    let after = play(&pipeline, &sink, 24_000);
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(after.eos, "no EOS after the fade-out");
+    assert_eq!(after.first_pts, Some(gst::ClockTime::from_seconds(5)));
+    // What is left of the fade, give or take the buffers queued when it was asked for.
+    let frames = after.samples.len() / 2;
+    assert!(
+        (9_600..=22_000).contains(&frames),
+        "{frames} frames after the seek"
+    );
+    // The audio from 5 s on, faded: never louder than the file, and silent at the end.
+    let from = &reference.samples[480_000 * 2..];
+    for (k, (ours, file)) in after.samples.iter().zip(from).enumerate() {
+        assert!(ours.unsigned_abs() <= file.unsigned_abs() + 1, "sample {k}");
+    }
+    let peak = |s: &[i16]| s.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+    let head = peak(&after.samples[..960]);
+    let tail = peak(&after.samples[after.samples.len() - 960..]);
+    assert!(
+        head > peak(&from[..960]) / 4,
+        "{head}: faded too far already"
+    );
+    assert!(tail < peak(&from[..960]) / 10, "{tail}: not faded out");
+}

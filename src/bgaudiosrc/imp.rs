@@ -292,8 +292,8 @@ impl ObjectImpl for BgAudioSrc {
                 glib::ParamSpecUInt64::builder("timeout")
                     .nick("Timeout")
                     .blurb(
-                        "Nanoseconds the source may take to show its audio format before an \
-                         error (0 = wait for ever)",
+                        "Nanoseconds the source may take to show its audio format, or to deliver \
+                         more audio once it has, before an error (0 = wait for ever)",
                     )
                     .default_value(DEFAULT_TIMEOUT.nseconds())
                     .mutable_ready()

@@ -554,7 +554,9 @@ impl BgAudioSrc {
             self,
             gst::StreamError::Failed,
             (
-                "Fell behind the window shared over '{}' and lost {} frames ({:.3} s):                  max-cache-size holds less than the elements sharing it are apart",
+                "Fell behind the window shared over '{}' and lost {} frames ({:.3} s): it did not \
+                 read for longer than 'timeout', or max-cache-size holds less than the elements \
+                 sharing the window are apart",
                 location,
                 lost,
                 lost as f64 / rate as f64
