@@ -477,7 +477,9 @@ fn three_elements_sharing_a_window_each_play_every_pass_whole() {
                     .new_sample(move |sink| {
                         let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                         if let Some(buffer) = sample.buffer() {
-                            into.lock().unwrap_or_else(|e| e.into_inner()).extend(samples_of(buffer));
+                            into.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend(samples_of(buffer));
                         }
                         Ok(gst::FlowSuccess::Ok)
                     })

@@ -390,105 +390,26 @@ impl ObjectImpl for BgAudioSrc {
                 return;
             }
         }
+        gst::info!(CAT, imp = self, "'{}' set to {:?}", pspec.name(), value);
+        const CHECKED: &str = "type checked upstream";
+        let ns = || gst::ClockTime::from_nseconds(value.get().expect(CHECKED));
         let mut settings = self.settings();
         match pspec.name() {
-            "location" => {
-                let location = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream");
-                gst::info!(CAT, imp = self, "Location set to {:?}", location);
-                settings.location = location;
-            }
-            "volume" => {
-                let volume = value.get().expect("type checked upstream");
-                gst::debug!(CAT, imp = self, "Volume {} -> {}", settings.volume, volume);
-                settings.volume = volume;
-            }
-            "mute" => {
-                settings.mute = value.get().expect("type checked upstream");
-                gst::debug!(CAT, imp = self, "Mute {}", settings.mute);
-            }
-            "mode" => {
-                let mode = value.get().expect("type checked upstream");
-                gst::info!(CAT, imp = self, "Mode set to {:?}", mode);
-                settings.mode = mode;
-            }
-            "loop" => {
-                let do_loop = value.get().expect("type checked upstream");
-                gst::info!(CAT, imp = self, "Loop set to {}", do_loop);
-                settings.do_loop = do_loop;
-            }
-            "buffer-duration" => {
-                let ns: u64 = value.get().expect("type checked upstream");
-                settings.buffer_duration = gst::ClockTime::from_nseconds(ns);
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "Buffer duration set to {}",
-                    settings.buffer_duration
-                );
-            }
-            "fade-in-duration" => {
-                settings.fade_in =
-                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
-                gst::info!(CAT, imp = self, "Fade-in set to {}", settings.fade_in);
-            }
-            "fade-out-duration" => {
-                settings.fade_out =
-                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
-                gst::info!(CAT, imp = self, "Fade-out set to {}", settings.fade_out);
-            }
-            "max-cache-size" => {
-                settings.max_cache_size = value.get().expect("type checked upstream");
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "Max cache size {}",
-                    settings.max_cache_size
-                );
-            }
-            "timeout" => {
-                let ns: u64 = value.get().expect("type checked upstream");
-                settings.timeout = (ns > 0).then(|| gst::ClockTime::from_nseconds(ns));
-                gst::info!(CAT, imp = self, "Timeout set to {:?}", settings.timeout);
-            }
-            "trim-silence" => {
-                settings.trim_silence = value.get().expect("type checked upstream");
-                gst::info!(CAT, imp = self, "Trim silence {}", settings.trim_silence);
-            }
-            "trim-threshold" => {
-                settings.trim_threshold = value.get().expect("type checked upstream");
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "Trim threshold {} dBFS",
-                    settings.trim_threshold
-                );
-            }
-            "loop-crossfade" => {
-                settings.loop_crossfade =
-                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "Loop crossfade {}",
-                    settings.loop_crossfade
-                );
-            }
-            "start-position" => {
-                settings.start_position =
-                    gst::ClockTime::from_nseconds(value.get().expect("type checked upstream"));
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "Start position {}",
-                    settings.start_position
-                );
-            }
-            "random-start" => {
-                settings.random_start = value.get().expect("type checked upstream");
-                gst::info!(CAT, imp = self, "Random start {}", settings.random_start);
-            }
+            "location" => settings.location = value.get().expect(CHECKED),
+            "volume" => settings.volume = value.get().expect(CHECKED),
+            "mute" => settings.mute = value.get().expect(CHECKED),
+            "mode" => settings.mode = value.get().expect(CHECKED),
+            "loop" => settings.do_loop = value.get().expect(CHECKED),
+            "buffer-duration" => settings.buffer_duration = ns(),
+            "fade-in-duration" => settings.fade_in = ns(),
+            "fade-out-duration" => settings.fade_out = ns(),
+            "max-cache-size" => settings.max_cache_size = value.get().expect(CHECKED),
+            "timeout" => settings.timeout = Some(ns()).filter(|t| !t.is_zero()),
+            "trim-silence" => settings.trim_silence = value.get().expect(CHECKED),
+            "trim-threshold" => settings.trim_threshold = value.get().expect(CHECKED),
+            "loop-crossfade" => settings.loop_crossfade = ns(),
+            "start-position" => settings.start_position = ns(),
+            "random-start" => settings.random_start = value.get().expect(CHECKED),
             _ => unimplemented!(),
         }
     }
@@ -805,17 +726,11 @@ impl BaseSrcImpl for BgAudioSrc {
             gst::info!(
                 CAT,
                 imp = self,
-                "'{}' {}: streaming through a window",
+                "'{}' streams through a window (live: {}, {:?} bytes decoded, limit {})",
                 source.location,
-                if native.live {
-                    "is live".to_owned()
-                } else {
-                    format!(
-                        "decodes to {} bytes, over max-cache-size {}",
-                        output_bytes.unwrap_or(0),
-                        max_cache_size
-                    )
-                }
+                native.live,
+                output_bytes,
+                max_cache_size
             );
         }
         let key = source
@@ -955,10 +870,7 @@ impl BaseSrcImpl for BgAudioSrc {
             }
             gst::QueryViewMut::Convert(q) => {
                 let (src, dest) = q.get();
-                let info = match &*self.state() {
-                    State::Running(running) => Some(running.info.clone()),
-                    _ => None,
-                };
+                let info = self.output_info();
                 if let Some(converted) = info.and_then(|info| info.convert_generic(src, dest)) {
                     q.set(src, converted);
                     return true;
@@ -974,10 +886,7 @@ impl BaseSrcImpl for BgAudioSrc {
                 } else {
                     self.file_duration()
                 };
-                let info = match &*self.state() {
-                    State::Running(running) => Some(running.info.clone()),
-                    _ => None,
-                };
+                let info = self.output_info();
                 let end = match format {
                     gst::Format::Time => end.map(gst::GenericFormattedValue::from),
                     _ => end
@@ -1391,6 +1300,14 @@ impl BgAudioSrc {
             |t| format!("{} s", t.nseconds() as f64 / 1e9),
         );
         (location, timeout)
+    }
+
+    /// The output format, once running.
+    fn output_info(&self) -> Option<gst_audio::AudioInfo> {
+        match &*self.state() {
+            State::Running(running) => Some(running.info.clone()),
+            _ => None,
+        }
     }
 
     pub(super) fn settings(&self) -> MutexGuard<'_, Settings> {
