@@ -38,21 +38,7 @@ fn shipped_files_equal_the_stock_chain() {
                 reference.samples.len() > 30_000,
                 "{name} at {caps}: reference too short"
             );
-            let ours = bgaudio(&path, "loop=false", &caps, None);
-            assert!(ours.error.is_none() && ours.eos, "{name}: {:?}", ours.error);
-            assert_eq!(format_of(&ours.caps), format_of(&reference.caps), "{name}");
-            assert_eq!(
-                ours.samples.len(),
-                reference.samples.len(),
-                "{name} at {caps}: length"
-            );
-            let first_diff = ours
-                .samples
-                .iter()
-                .zip(&reference.samples)
-                .position(|(a, b)| a != b);
-            assert_eq!(first_diff, None, "{name} at {caps}: samples differ");
-            assert_contiguous(&ours);
+            assert_plays_as(&path, &caps, &reference, name);
         }
     }
 }

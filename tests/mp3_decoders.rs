@@ -244,21 +244,7 @@ fn one_decoder() {
                 reference.samples.len() > 20_000,
                 "{what}: reference too short"
             );
-            let ours = bgaudio(&path, "loop=false", &caps, None);
-            assert!(ours.error.is_none() && ours.eos, "{what}: {:?}", ours.error);
-            assert_eq!(format_of(&ours.caps), format_of(&reference.caps), "{what}");
-            assert_eq!(
-                ours.samples.len(),
-                reference.samples.len(),
-                "{what} at {caps}: length"
-            );
-            let first_diff = ours
-                .samples
-                .iter()
-                .zip(&reference.samples)
-                .position(|(a, b)| a != b);
-            assert_eq!(first_diff, None, "{what} at {caps}: samples differ");
-            assert_contiguous(&ours);
+            assert_plays_as(&path, &caps, &reference, what);
         }
     }
 }

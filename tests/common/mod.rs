@@ -273,6 +273,26 @@ pub fn bgaudio(path: &Path, props: &str, caps: &str, max_frames: Option<usize>) 
     )
 }
 
+/// Plays `path` once through bgaudiosrc at `caps` and asserts it equals `reference` (the stock
+/// chain's decode) sample for sample, in the same format, with contiguous timestamps.
+pub fn assert_plays_as(path: &Path, caps: &str, reference: &Output, what: &str) {
+    let ours = bgaudio(path, "loop=false", caps, None);
+    assert!(ours.error.is_none() && ours.eos, "{what}: {:?}", ours.error);
+    assert_eq!(format_of(&ours.caps), format_of(&reference.caps), "{what}");
+    assert_eq!(
+        ours.samples.len(),
+        reference.samples.len(),
+        "{what} at {caps}: length"
+    );
+    let first_diff = ours
+        .samples
+        .iter()
+        .zip(&reference.samples)
+        .position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "{what} at {caps}: samples differ");
+    assert_contiguous(&ours);
+}
+
 /// Asserts that buffers start at 0 and that each one starts where the previous one ended, in
 /// timestamps and in offsets, with timestamps computed from the sample counter.
 pub fn assert_contiguous(out: &Output) {
