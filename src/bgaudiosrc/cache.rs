@@ -253,8 +253,6 @@ impl PcmCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Filling> {
-        // A reader or writer that panicked cannot leave `Filling` half-updated in a way that
-        // matters more than losing the copy, so carry on with the data.
         self.filling.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -423,16 +421,7 @@ impl PcmCache {
                     }
                     Room::Wait(until) => {
                         filling.writer_waiting = true;
-                        filling = match until {
-                            None => self.cond.wait(filling).unwrap_or_else(|e| e.into_inner()),
-                            Some(until) => {
-                                let wait = until.saturating_duration_since(Instant::now());
-                                self.cond
-                                    .wait_timeout(filling, wait)
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .0
-                            }
-                        };
+                        filling = super::wait(&self.cond, filling, until);
                     }
                 }
             }
@@ -869,16 +858,7 @@ impl Reader {
                 return Ok(Read::NotYet);
             }
             filling.readers_waiting += 1;
-            filling = match until {
-                None => cache.cond.wait(filling).unwrap_or_else(|e| e.into_inner()),
-                Some(until) => {
-                    cache
-                        .cond
-                        .wait_timeout(filling, until.saturating_duration_since(now))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            filling = super::wait(&cache.cond, filling, until);
             filling.readers_waiting -= 1;
         }
     }

@@ -137,19 +137,10 @@ impl Shared {
             if cancelled() {
                 return Err(WaitError::Cancelled);
             }
-            chain = match deadline {
-                None => self.cond.wait(chain).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(WaitError::TimedOut);
-                    }
-                    self.cond
-                        .wait_timeout(chain, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(WaitError::TimedOut);
+            }
+            chain = super::wait(&self.cond, chain, deadline);
         }
     }
 
@@ -316,17 +307,22 @@ impl Shared {
         }
 
         let text = format!("'{}': {}", location, err.message());
-        if let Some(code) = err.kind::<gst::ResourceError>() {
+        fn named<T: gst::MessageErrorDomain>(
+            code: T,
+            text: &str,
+            debug: &str,
+        ) -> gst::ErrorMessage {
             gst::error_msg!(code, ("{}", text), ["{}", debug])
-        } else if let Some(code) = err.kind::<gst::StreamError>() {
-            gst::error_msg!(code, ("{}", text), ["{}", debug])
-        } else if let Some(code) = err.kind::<gst::CoreError>() {
-            gst::error_msg!(code, ("{}", text), ["{}", debug])
-        } else if let Some(code) = err.kind::<gst::LibraryError>() {
-            gst::error_msg!(code, ("{}", text), ["{}", debug])
-        } else {
-            gst::error_msg!(gst::StreamError::Failed, ("{}", text), ["{}", debug])
         }
+        (err.kind()
+            .map(|c: gst::ResourceError| named(c, &text, debug)))
+        .or_else(|| err.kind().map(|c: gst::StreamError| named(c, &text, debug)))
+        .or_else(|| err.kind().map(|c: gst::CoreError| named(c, &text, debug)))
+        .or_else(|| {
+            err.kind()
+                .map(|c: gst::LibraryError| named(c, &text, debug))
+        })
+        .unwrap_or_else(|| named(gst::StreamError::Failed, &text, debug))
     }
 }
 

@@ -211,13 +211,11 @@ impl ObjectImpl for BgAudioSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                /// The file to play: a path or a URI (anything uridecodebin opens).
                 glib::ParamSpecString::builder("location")
                     .nick("Location")
-                    .blurb("File path or URI of the audio to play")
+                    .blurb("File path or URI of the audio to play (anything uridecodebin opens)")
                     .mutable_ready()
                     .build(),
-                /// Linear gain applied to the decoded S16 samples, with saturation.
                 glib::ParamSpecDouble::builder("volume")
                     .nick("Volume")
                     .blurb("Linear volume factor, 1.0 = 100 %")
@@ -227,8 +225,6 @@ impl ObjectImpl for BgAudioSrc {
                     .mutable_playing()
                     .controllable()
                     .build(),
-                /// Silence without losing the volume (ramped like a volume change); the
-                /// silent buffers are flagged GAP.
                 glib::ParamSpecBoolean::builder("mute")
                     .nick("Mute")
                     .blurb("Mute the output (ramped; silent buffers are flagged GAP)")
@@ -236,20 +232,19 @@ impl ObjectImpl for BgAudioSrc {
                     .mutable_playing()
                     .controllable()
                     .build(),
-                /// Playback (the only, non-live output) or mixing (a live audiomixer input).
                 glib::ParamSpecEnum::builder_with_default("mode", DEFAULT_MODE)
                     .nick("Mode")
-                    .blurb("Playback: the only audio, non-live; mixing: a live input of an audiomixer")
+                    .blurb(
+                        "Playback: the only audio, non-live; mixing: a live input of an audiomixer",
+                    )
                     .mutable_ready()
                     .build(),
-                /// Start again at the beginning of the file, without a gap, at its end.
                 glib::ParamSpecBoolean::builder("loop")
                     .nick("Loop")
                     .blurb("Loop the file without a gap")
                     .default_value(DEFAULT_LOOP)
                     .mutable_playing()
                     .build(),
-                /// Duration of each output buffer.
                 glib::ParamSpecUInt64::builder("buffer-duration")
                     .nick("Buffer duration")
                     .blurb("Duration of each output buffer in nanoseconds")
@@ -258,25 +253,24 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_BUFFER_DURATION.nseconds())
                     .mutable_ready()
                     .build(),
-                /// Fade-in at the start in mixing mode, so joining a mix makes no click.
                 glib::ParamSpecUInt64::builder("fade-in-duration")
                     .nick("Fade-in duration")
-                    .blurb("Fade-in when the element starts in mixing mode, in nanoseconds (0 = none)")
+                    .blurb(
+                        "Fade-in when the element starts in mixing mode, in nanoseconds (0 = none)",
+                    )
                     .maximum(MAX_FADE.nseconds())
                     .default_value(DEFAULT_FADE_IN.nseconds())
                     .mutable_playing()
                     .build(),
-                /// Fade-out length of the `fade-out` action signal.
                 glib::ParamSpecUInt64::builder("fade-out-duration")
                     .nick("Fade-out duration")
-                    .blurb("Fade-out before EOS after the fade-out signal, in nanoseconds (0 = none)")
+                    .blurb(
+                        "Fade-out before EOS after the fade-out signal, in nanoseconds (0 = none)",
+                    )
                     .maximum(MAX_FADE.nseconds())
                     .default_value(DEFAULT_FADE_OUT.nseconds())
                     .mutable_playing()
                     .build(),
-                /// The most decoded audio kept in memory for this file, whether its length is
-                /// known, unknown or wrong. A file that decodes to more streams through a small
-                /// window instead and loops by seeking its decoder back to the start.
                 glib::ParamSpecUInt64::builder("max-cache-size")
                     .nick("Maximum cache size")
                     .blurb(
@@ -286,9 +280,6 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_MAX_CACHE_SIZE)
                     .mutable_ready()
                     .build(),
-                /// How long the source may take to show its audio format (a network source
-                /// that accepts and never answers, a live stream that sends nothing) before the
-                /// element fails with an error naming it.
                 glib::ParamSpecUInt64::builder("timeout")
                     .nick("Timeout")
                     .blurb(
@@ -298,8 +289,6 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_TIMEOUT.nseconds())
                     .mutable_ready()
                     .build(),
-                /// Leaves silent ends out of every pass (encoder padding, a silent lead-in),
-                /// so a file not made to loop loops without a gap.
                 glib::ParamSpecBoolean::builder("trim-silence")
                     .nick("Trim silence")
                     .blurb(
@@ -317,7 +306,6 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_TRIM_THRESHOLD)
                     .mutable_ready()
                     .build(),
-                /// Overlaps the end of the file with its start at every seam.
                 glib::ParamSpecUInt64::builder("loop-crossfade")
                     .nick("Loop crossfade")
                     .blurb(
@@ -328,14 +316,12 @@ impl ObjectImpl for BgAudioSrc {
                     .default_value(DEFAULT_LOOP_CROSSFADE.nseconds())
                     .mutable_ready()
                     .build(),
-                /// Where the first pass starts; later passes start at the file's start.
                 glib::ParamSpecUInt64::builder("start-position")
                     .nick("Start position")
                     .blurb("Nanoseconds into the file where the first pass starts")
                     .default_value(DEFAULT_START_POSITION.nseconds())
                     .mutable_ready()
                     .build(),
-                /// Each start at a random place, so instances sharing a file differ.
                 glib::ParamSpecBoolean::builder("random-start")
                     .nick("Random start")
                     .blurb("Start the first pass at a random position in the file")
@@ -517,22 +503,22 @@ impl BaseSrcImpl for BgAudioSrc {
         let deadline = settings
             .timeout
             .map(|t| Instant::now() + std::time::Duration::from_nanos(t.nseconds()));
-        let mut starting = Starting {
-            source: Source {
-                uri,
-                location,
-                file,
-            },
-            deadline,
-            waiting: None,
-            decoder: None,
-            native: None,
-            seek: None,
+        let source = Source {
+            uri,
+            location,
+            file,
         };
         self.flushing.store(false, Ordering::SeqCst);
         self.fade_out_pending.store(false, Ordering::SeqCst);
-        self.probe(&mut starting)?;
-        *self.state() = State::Starting(Box::new(starting));
+        let (native, waiting, decoder) = self.probe(&source)?;
+        *self.state() = State::Starting(Box::new(Starting {
+            source,
+            deadline,
+            waiting,
+            decoder,
+            native,
+            seek: None,
+        }));
         Ok(())
     }
 
@@ -1012,44 +998,48 @@ impl PushSrcImpl for BgAudioSrc {
 impl BgAudioSrc {
     /// Starts learning the source's own format, without waiting: known at once for a file
     /// probed before in this process; else from a decode chain, one this element starts (it
-    /// returns at once) or the one another element started on the same file.
-    /// Stores what it learnt in `starting`; call it with no lock held.
-    fn probe(&self, starting: &mut Starting) -> Result<(), gst::ErrorMessage> {
-        let source = &starting.source;
+    /// returns at once) or the one another element started on the same file. Returns the
+    /// format, or the chain to wait on and the one this element started. Call it with no lock
+    /// held.
+    #[allow(clippy::type_complexity)]
+    fn probe(
+        &self,
+        source: &Source,
+    ) -> Result<
+        (
+            Option<NativeFormat>,
+            Option<Arc<decoder::Shared>>,
+            Option<Decoder>,
+        ),
+        gst::ErrorMessage,
+    > {
         let probe = match &source.file {
             Some(file) => registry::probe(file, &source.location),
             None => Probe::Own(decoder::Shared::new(&source.location)),
         };
-        match probe {
+        Ok(match probe {
             Probe::Known(native) => {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "'{}' decodes to {} Hz, {} channels (known from an earlier probe)",
-                    source.location,
-                    native.rate,
-                    native.channels
+                    "'{}': format known from an earlier probe",
+                    source.location
                 );
-                starting.native = Some(native);
+                (Some(native), None, None)
             }
             Probe::Join(shared) => {
                 gst::debug!(CAT, imp = self, "Waiting for another element's probe");
-                starting.waiting = Some(shared);
+                (None, Some(shared), None)
             }
             Probe::Own(shared) => {
                 // The chain is told the output format up front when downstream allows one
                 // only, so it converts to it at once instead of negotiating twice.
                 let output = self.fixed_output();
-                starting.decoder = Some(Decoder::start(
-                    &source.uri,
-                    source.file.is_some(),
-                    &shared,
-                    output.as_ref(),
-                )?);
-                starting.waiting = Some(shared);
+                let local = source.file.is_some();
+                let decoder = Decoder::start(&source.uri, local, &shared, output.as_ref())?;
+                (None, Some(shared), Some(decoder))
             }
-        }
-        Ok(())
+        })
     }
 
     /// Waits for the source's own format (see `probe`), interruptibly (`unlock`) and within
@@ -1089,20 +1079,13 @@ impl BgAudioSrc {
                 // The element that probed stopped: probe again, maybe as the owner this time,
                 // outside the lock.
                 Err(WaitError::Abandoned) => {
-                    let mut again = Starting {
-                        source: starting.source.clone(),
-                        deadline: starting.deadline,
-                        waiting: None,
-                        decoder: None,
-                        native: None,
-                        seek: None,
-                    };
+                    let source = starting.source.clone();
                     drop(state);
-                    self.probe(&mut again).map_err(WaitError::Failed)?;
+                    let (native, waiting, decoder) =
+                        self.probe(&source).map_err(WaitError::Failed)?;
                     if let State::Starting(starting) = &mut *self.state() {
-                        starting.waiting = again.waiting.take();
-                        starting.decoder = again.decoder.take();
-                        starting.native = again.native;
+                        (starting.native, starting.waiting) = (native, waiting);
+                        starting.decoder = decoder;
                     }
                 }
                 Err(err) => return Err(err),

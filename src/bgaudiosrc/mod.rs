@@ -6,7 +6,8 @@
 use gst::glib;
 use gst::prelude::*;
 
-use std::sync::LazyLock;
+use std::sync::{Condvar, LazyLock, MutexGuard};
+use std::time::Instant;
 
 mod cache;
 mod decoder;
@@ -30,6 +31,24 @@ pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("Background audio source"),
     )
 });
+
+/// Waits on `cond` until it is notified, and at most until `until`. (A thread that panicked
+/// while holding the lock leaves nothing that matters more than going on with the data.)
+fn wait<'a, T>(
+    cond: &Condvar,
+    guard: MutexGuard<'a, T>,
+    until: Option<Instant>,
+) -> MutexGuard<'a, T> {
+    let wait = until.map(|until| until.saturating_duration_since(Instant::now()));
+    match wait {
+        None => cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
+        Some(wait) => {
+            cond.wait_timeout(guard, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+        }
+    }
+}
 
 /// How the element behaves in its pipeline.
 #[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
