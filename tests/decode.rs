@@ -20,27 +20,15 @@ fn assert_same_as_reference(ext: &str, encoder: &str, caps: &str) {
     let caps = &s16(caps);
     let path = clip(ext, encoder);
     let reference = reference(&path, caps);
-    let ours = bgaudio(&path, "", caps, None);
-    assert!(ours.error.is_none(), "{ext}: {:?}", ours.error);
-    assert!(ours.eos, "{ext}: no EOS");
-    assert!(format_of(&ours.caps).is_some());
-    assert_eq!(
-        format_of(&ours.caps),
-        format_of(&reference.caps),
-        "{ext}: caps"
+    assert!(
+        format_of(&reference.caps).is_some(),
+        "{ext}: reference caps"
     );
     assert!(
         reference.samples.len() > 30_000,
         "{ext}: reference too short"
     );
-    assert_eq!(ours.samples.len(), reference.samples.len(), "{ext}: length");
-    let first_diff = ours
-        .samples
-        .iter()
-        .zip(&reference.samples)
-        .position(|(a, b)| a != b);
-    assert_eq!(first_diff, None, "{ext}: samples differ");
-    assert_contiguous(&ours);
+    assert_plays_as(&path, caps, &reference, ext);
 }
 
 const ANY: &str = "";

@@ -253,6 +253,8 @@ impl PcmCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Filling> {
+        // A reader or writer that panicked cannot leave `Filling` half-updated in a way that
+        // matters more than losing the copy, so carry on with the data.
         self.filling.lock().unwrap_or_else(|e| e.into_inner())
     }
 

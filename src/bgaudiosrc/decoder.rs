@@ -307,22 +307,17 @@ impl Shared {
         }
 
         let text = format!("'{}': {}", location, err.message());
-        fn named<T: gst::MessageErrorDomain>(
-            code: T,
-            text: &str,
-            debug: &str,
-        ) -> gst::ErrorMessage {
+        if let Some(code) = err.kind::<gst::ResourceError>() {
             gst::error_msg!(code, ("{}", text), ["{}", debug])
+        } else if let Some(code) = err.kind::<gst::StreamError>() {
+            gst::error_msg!(code, ("{}", text), ["{}", debug])
+        } else if let Some(code) = err.kind::<gst::CoreError>() {
+            gst::error_msg!(code, ("{}", text), ["{}", debug])
+        } else if let Some(code) = err.kind::<gst::LibraryError>() {
+            gst::error_msg!(code, ("{}", text), ["{}", debug])
+        } else {
+            gst::error_msg!(gst::StreamError::Failed, ("{}", text), ["{}", debug])
         }
-        (err.kind()
-            .map(|c: gst::ResourceError| named(c, &text, debug)))
-        .or_else(|| err.kind().map(|c: gst::StreamError| named(c, &text, debug)))
-        .or_else(|| err.kind().map(|c: gst::CoreError| named(c, &text, debug)))
-        .or_else(|| {
-            err.kind()
-                .map(|c: gst::LibraryError| named(c, &text, debug))
-        })
-        .unwrap_or_else(|| named(gst::StreamError::Failed, &text, debug))
     }
 }
 

@@ -140,6 +140,19 @@ pub(super) struct Starting {
     seek: Option<(gst::ClockTime, Option<gst::ClockTime>)>,
 }
 
+impl Starting {
+    fn new(source: Source, deadline: Option<Instant>) -> Self {
+        Starting {
+            source,
+            deadline,
+            waiting: None,
+            decoder: None,
+            native: None,
+            seek: None,
+        }
+    }
+}
+
 /// From the output format on: playing a decoded copy.
 #[derive(Debug)]
 pub(super) struct Running {
@@ -503,22 +516,18 @@ impl BaseSrcImpl for BgAudioSrc {
         let deadline = settings
             .timeout
             .map(|t| Instant::now() + std::time::Duration::from_nanos(t.nseconds()));
-        let source = Source {
-            uri,
-            location,
-            file,
-        };
+        let mut starting = Starting::new(
+            Source {
+                uri,
+                location,
+                file,
+            },
+            deadline,
+        );
         self.flushing.store(false, Ordering::SeqCst);
         self.fade_out_pending.store(false, Ordering::SeqCst);
-        let (native, waiting, decoder) = self.probe(&source)?;
-        *self.state() = State::Starting(Box::new(Starting {
-            source,
-            deadline,
-            waiting,
-            decoder,
-            native,
-            seek: None,
-        }));
+        self.probe(&mut starting)?;
+        *self.state() = State::Starting(Box::new(starting));
         Ok(())
     }
 
@@ -998,48 +1007,44 @@ impl PushSrcImpl for BgAudioSrc {
 impl BgAudioSrc {
     /// Starts learning the source's own format, without waiting: known at once for a file
     /// probed before in this process; else from a decode chain, one this element starts (it
-    /// returns at once) or the one another element started on the same file. Returns the
-    /// format, or the chain to wait on and the one this element started. Call it with no lock
-    /// held.
-    #[allow(clippy::type_complexity)]
-    fn probe(
-        &self,
-        source: &Source,
-    ) -> Result<
-        (
-            Option<NativeFormat>,
-            Option<Arc<decoder::Shared>>,
-            Option<Decoder>,
-        ),
-        gst::ErrorMessage,
-    > {
+    /// returns at once) or the one another element started on the same file.
+    /// Stores what it learnt in `starting`; call it with no lock held.
+    fn probe(&self, starting: &mut Starting) -> Result<(), gst::ErrorMessage> {
+        let source = &starting.source;
         let probe = match &source.file {
             Some(file) => registry::probe(file, &source.location),
             None => Probe::Own(decoder::Shared::new(&source.location)),
         };
-        Ok(match probe {
+        match probe {
             Probe::Known(native) => {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "'{}': format known from an earlier probe",
-                    source.location
+                    "'{}' decodes to {} Hz, {} channels (known from an earlier probe)",
+                    source.location,
+                    native.rate,
+                    native.channels
                 );
-                (Some(native), None, None)
+                starting.native = Some(native);
             }
             Probe::Join(shared) => {
                 gst::debug!(CAT, imp = self, "Waiting for another element's probe");
-                (None, Some(shared), None)
+                starting.waiting = Some(shared);
             }
             Probe::Own(shared) => {
                 // The chain is told the output format up front when downstream allows one
                 // only, so it converts to it at once instead of negotiating twice.
                 let output = self.fixed_output();
-                let local = source.file.is_some();
-                let decoder = Decoder::start(&source.uri, local, &shared, output.as_ref())?;
-                (None, Some(shared), Some(decoder))
+                starting.decoder = Some(Decoder::start(
+                    &source.uri,
+                    source.file.is_some(),
+                    &shared,
+                    output.as_ref(),
+                )?);
+                starting.waiting = Some(shared);
             }
-        })
+        }
+        Ok(())
     }
 
     /// Waits for the source's own format (see `probe`), interruptibly (`unlock`) and within
@@ -1079,13 +1084,13 @@ impl BgAudioSrc {
                 // The element that probed stopped: probe again, maybe as the owner this time,
                 // outside the lock.
                 Err(WaitError::Abandoned) => {
-                    let source = starting.source.clone();
+                    let mut again = Starting::new(starting.source.clone(), starting.deadline);
                     drop(state);
-                    let (native, waiting, decoder) =
-                        self.probe(&source).map_err(WaitError::Failed)?;
+                    self.probe(&mut again).map_err(WaitError::Failed)?;
                     if let State::Starting(starting) = &mut *self.state() {
-                        (starting.native, starting.waiting) = (native, waiting);
-                        starting.decoder = decoder;
+                        starting.waiting = again.waiting.take();
+                        starting.decoder = again.decoder.take();
+                        starting.native = again.native;
                     }
                 }
                 Err(err) => return Err(err),
