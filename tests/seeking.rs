@@ -415,11 +415,16 @@ fn a_non_flushing_seek_plays_on_from_the_new_position() {
     assert!(after[..] == reference.samples[480_000 * 2..504_000 * 2]);
 }
 
-/// Flushing seeks sent while the element is still starting (its streaming thread feeding an
-/// MP3 to its parser until the format shows, see `src/bgaudiosrc/feeder.rs`), at moments spread
-/// over the start-up: the start-up goes on after each flush, and the file plays whole from the
-/// last seek to EOS, as the stock chain decodes it. Each round plays a file of its own: a file
-/// probed before starts without feeding.
+/// Flushing seeks sent while the element is still starting (its streaming thread waiting for
+/// the decode chain to show the format, or negotiating), at moments spread over the start-up:
+/// the start-up goes on after each flush, and the file plays whole from the last seek to EOS, as
+/// the stock chain decodes it. Each round plays a file of its own: a file probed before starts
+/// without waiting.
+///
+/// The seeks come while the pipeline prerolls (READY to PAUSED), and it goes on to PLAYING
+/// once it has prerolled after them: a flush that makes the sink lose its state while its bin is busy going from
+/// PAUSED to PLAYING can leave GStreamer 1.22's bin waiting for an ASYNC_DONE it ignored, which
+/// holds the EOS message back for ever whatever the source (seen with this test's seeks).
 #[test]
 fn flushing_seeks_while_starting_then_the_whole_file_plays() {
     init();
@@ -458,7 +463,7 @@ fn flushing_seeks_while_starting_then_the_whole_file_plays() {
                 })
                 .build(),
         );
-        pipeline.set_state(gst::State::Playing).unwrap();
+        pipeline.set_state(gst::State::Paused).unwrap();
         std::thread::sleep(Duration::from_micros(200 * (round % 20)));
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_millis(30) && samples.lock().unwrap().is_empty() {
@@ -472,6 +477,9 @@ fn flushing_seeks_while_starting_then_the_whole_file_plays() {
             ));
             std::thread::sleep(Duration::from_micros(300));
         }
+        // Prerolled after the last flush, then PLAYING (see above).
+        let _ = pipeline.state(gst::ClockTime::from_seconds(10));
+        pipeline.set_state(gst::State::Playing).unwrap();
         let msg = pipeline.bus().unwrap().timed_pop_filtered(
             gst::ClockTime::from_seconds(10),
             &[gst::MessageType::Eos, gst::MessageType::Error],
