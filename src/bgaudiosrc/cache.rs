@@ -403,10 +403,11 @@ impl PcmCache {
     }
 
     /// Appends native-endian interleaved S16 bytes (whole frames). Called by the decoder; it
-    /// waits while the copy is paced or the window full (see `room`).
-    pub fn push_bytes(&self, bytes: &[u8]) {
+    /// waits while the copy is paced or the window full (see `room`). Returns false once the
+    /// copy takes no more (complete or closed): the decoder stops rather than decode for nothing.
+    pub fn push_bytes(&self, bytes: &[u8]) -> bool {
         if self.frozen.get().is_some() {
-            return;
+            return false;
         }
         let chunk_samples = self.chunk_samples();
         let mut filling = self.lock();
@@ -429,7 +430,7 @@ impl PcmCache {
             }
             if filling.closed {
                 filling.writer_waiting = false;
-                return;
+                return false;
             }
             if filling.tail.capacity() == 0 {
                 filling.tail = Vec::with_capacity(chunk_samples);
@@ -447,13 +448,12 @@ impl PcmCache {
             }
             if filling.window.is_none() && Self::held_bytes(&filling, chunk_samples) > self.limit {
                 filling.window = Some(Window::default());
+                let (limit, frames) = (self.limit, filling.frames);
                 gst::info!(
                     CAT,
                     id = self.label(),
-                    "Decoded audio reached max-cache-size ({} bytes) at frame {}: streaming \
-                     through a window from now on",
-                    self.limit,
-                    filling.frames
+                    "Decoded audio reached max-cache-size ({limit} bytes) at frame {frames}: \
+                     streaming through a window from now on"
                 );
                 self.drop_passed(&mut filling);
             }
@@ -461,7 +461,7 @@ impl PcmCache {
                 self.cond.notify_all();
             }
             if samples.len() == 0 {
-                break;
+                return true;
             }
         }
     }
@@ -480,8 +480,7 @@ impl PcmCache {
             gst::debug!(
                 CAT,
                 id = self.label(),
-                "End of a pass at stream frame {}",
-                frames
+                "End of a pass at stream frame {frames}"
             );
             drop(filling);
             self.cond.notify_all();
@@ -495,14 +494,11 @@ impl PcmCache {
         }
         let _ = self.frozen.set(Frozen { chunks, frames });
         drop(filling);
+        let (rate, channels, bytes) = (self.rate, self.channels, frames * self.bpf());
         gst::info!(
             CAT,
             id = self.label(),
-            "Copy complete: {} frames at {} Hz, {} channels, {} bytes",
-            frames,
-            self.rate,
-            self.channels,
-            frames * self.bpf()
+            "Copy complete: {frames} frames at {rate} Hz, {channels} channels, {bytes} bytes"
         );
         self.cond.notify_all();
         false
@@ -886,11 +882,11 @@ impl Reader {
                 self.pass = filling.window.as_ref().map_or(0, |w| w.pass_of(slot.pos));
                 // Not an empty pass: it loops on from there.
                 self.at.in_pass = self.at.in_pass.max(1);
+                let pos = slot.pos;
                 gst::warning!(
                     CAT,
                     id = cache.label(),
-                    "A reader that fell behind the window is moved on to stream frame {}",
-                    slot.pos
+                    "A reader that fell behind the window is moved on to stream frame {pos}"
                 );
             }
         }

@@ -185,13 +185,8 @@ impl Shared {
     /// An ERROR of the private pipeline, named after the file, to every element waiting.
     fn on_bus_error(&self, err: &gst::message::Error) {
         let translated = self.translate(&err.error(), err.debug().as_deref());
-        gst::debug!(
-            CAT,
-            id = gst::glib::GString::from(self.location.as_str()),
-            "Decoder error {:?} -> {:?}",
-            err,
-            translated
-        );
+        let id = gst::glib::GString::from(self.location.as_str());
+        gst::debug!(CAT, id = id, "Decoder error {err:?} -> {translated:?}");
         self.on_error(translated);
     }
 
@@ -231,7 +226,7 @@ impl Shared {
             if !next_pass {
                 // Decoded whole (or nothing more will come): its threads and file go now.
                 gst::debug!(CAT, obj = pipeline, "'{}' decoded: stopping", location);
-                let _ = pipeline.set_state(gst::State::Null);
+                stop(pipeline);
                 return;
             }
             if let Err(err) = fresh_resampler(pipeline) {
@@ -261,11 +256,10 @@ impl Shared {
         });
     }
 
-    fn on_samples(&self, bytes: &[u8]) {
+    /// Decoded samples into the copy; false once it takes no more.
+    fn on_samples(&self, bytes: &[u8]) -> bool {
         let cache = self.lock().cache.clone();
-        if let Some(cache) = cache {
-            cache.push_bytes(bytes);
-        }
+        cache.is_none_or(|cache| cache.push_bytes(bytes))
     }
 
     /// Rewrites an error of the private pipeline so that it names the file and says what failed.
@@ -291,18 +285,15 @@ impl Shared {
                 };
                 return gst::error_msg!(
                     gst::StreamError::WrongType,
-                    ("'{}' has no audio stream{}", location, found),
-                    ["{}", debug]
+                    ("'{location}' has no audio stream{found}"),
+                    ["{debug}"]
                 );
             }
+            let audio = audio.join(", ");
             return gst::error_msg!(
                 gst::CoreError::MissingPlugin,
-                (
-                    "No decoder is installed for the audio in '{}' ({})",
-                    location,
-                    audio.join(", ")
-                ),
-                ["{}", debug]
+                ("No decoder is installed for the audio in '{location}' ({audio})"),
+                ["{debug}"]
             );
         }
 
@@ -358,13 +349,12 @@ fn map_unpositioned(
         _ => return false,
     };
     if !matrix.is_empty() {
+        let played = matrix.len();
         gst::warning!(
             CAT,
             obj = convert,
-            "'{}' changed to {} channels without positions: playing its first {} as the output's",
-            location,
-            channels,
-            matrix.len()
+            "'{location}' changed to {channels} channels without positions: playing its first \
+             {played} as the output's"
         );
     }
     let value = gst::Array::new(
@@ -389,9 +379,19 @@ fn link_raw(src: &gst::Element, sink: &gst::Element) -> Result<(), glib::BoolErr
     pad_of(src, "src")?
         .link_full(&pad_of(sink, "sink")?, gst::PadLinkCheck::empty())
         .map(|_| ())
-        .map_err(|err| {
-            glib::bool_error!("cannot link {} to {}: {:?}", src.name(), sink.name(), err)
-        })
+        .map_err(|err| glib::bool_error!("cannot link {} to {}: {err:?}", src.name(), sink.name()))
+}
+
+/// Sets the chain's pipeline to NULL, and its appsink, which has a state of its own for a local
+/// file (see `Decoder::start`).
+fn stop(pipeline: &gst::Element) {
+    let _ = pipeline.set_state(gst::State::Null);
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .and_then(|bin| bin.by_name(SINK));
+    if let Some(sink) = sink {
+        let _ = sink.set_state(gst::State::Null);
+    }
 }
 
 fn new_resampler() -> Result<gst::Element, glib::BoolError> {
@@ -477,13 +477,10 @@ impl Decoder {
         output: Option<&gst_audio::AudioInfo>,
     ) -> Result<Decoder, gst::ErrorMessage> {
         let decoder = Self::build(uri, shared, output).map_err(|err| {
+            let location = &shared.location;
             let err = gst::error_msg!(
                 gst::CoreError::MissingPlugin,
-                (
-                    "Cannot build the decode chain for '{}': {}",
-                    shared.location,
-                    err
-                )
+                ("Cannot build the decode chain for '{location}': {err}")
             );
             shared.on_error(err.clone());
             err
@@ -492,13 +489,21 @@ impl Decoder {
         // A live source (udp://, rtsp://) produces nothing in PAUSED: it is told by the answer
         // to PAUSED, then the chain goes on to PLAYING either way. A local file is never live.
         let (shared, control) = (shared.clone(), decoder.control.clone());
+        let appsink = decoder.appsink.clone();
         let start = move |pipeline: &gst::Pipeline| {
             let shut = lock(&control);
             if *shut {
                 return;
             }
             let playing = if local {
-                pipeline.set_state(gst::State::Playing)
+                // No clock needed: the appsink, which does not sync, is set PLAYING on its own
+                // and the rest only PAUSED, where they decode just as well. That spares the
+                // pipeline its clock selection and the hop to PLAYING after decodebin's
+                // asynchronous preroll (see `stop`).
+                appsink.set_locked_state(true);
+                appsink
+                    .set_state(gst::State::Playing)
+                    .and_then(|_| pipeline.set_state(gst::State::Paused))
             } else {
                 let paused = pipeline.set_state(gst::State::Paused);
                 shared.lock().live = paused == Ok(gst::StateChangeSuccess::NoPreroll);
@@ -508,9 +513,10 @@ impl Decoder {
             if playing.is_err() {
                 // The element that failed has normally posted the reason on the bus already.
                 let err = shared.lock().error.clone().unwrap_or_else(|| {
+                    let location = &shared.location;
                     gst::error_msg!(
                         gst::ResourceError::OpenRead,
-                        ("Could not open '{}'", shared.location)
+                        ("Could not open '{location}'")
                     )
                 });
                 shared.on_error(err);
@@ -607,7 +613,7 @@ impl Decoder {
         let caps = info.to_caps().map_err(|_| {
             gst::error_msg!(
                 gst::CoreError::Negotiation,
-                ("Cannot express {:?} as caps", info)
+                ("Cannot express {info:?} as caps")
             )
         })?;
         // Set again only when it changes, and then the chain told to negotiate again (as a
@@ -667,16 +673,16 @@ impl Decoder {
         self.pipeline.call_async(move |pipeline| {
             let mut shut = lock(&control);
             *shut = true;
-            let _ = pipeline.set_state(gst::State::Null);
+            stop(pipeline.upcast_ref());
             drop(shut);
             let _ = done.send(());
         });
         if wait && finished.recv_timeout(SHUTDOWN_WAIT).is_err() {
+            let location = &self.shared.location;
             gst::warning!(
                 CAT,
                 obj = self.pipeline,
-                "'{}' is still stopping; it finishes in the background",
-                self.shared.location
+                "'{location}' is still stopping; it finishes in the background"
             );
         }
         if let Some((pad, id)) = self.block.take() {
@@ -726,13 +732,10 @@ fn link_decoded_pads(source: &gst::Element, convert_sink: &gst::Pad, shared: &Ar
             Err(gst::PadLinkError::Noformat)
         };
         if let Err(err) = linked {
+            let location = &shared.location;
             shared.on_error(gst::error_msg!(
                 gst::CoreError::Negotiation,
-                (
-                    "Cannot convert the audio of '{}': {:?}",
-                    shared.location,
-                    err
-                )
+                ("Cannot convert the audio of '{location}': {err:?}")
             ));
             return;
         }
@@ -788,7 +791,10 @@ fn deliver_samples(appsink: &gst_app::AppSink, shared: &Arc<Shared>, control: &A
                 let shared = weak_samples.upgrade().ok_or(gst::FlowError::Flushing)?;
                 if let Some(buffer) = sample.buffer() {
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                    shared.on_samples(&map);
+                    if !shared.on_samples(&map) {
+                        // Shut down, or complete: upstream stops instead of decoding on.
+                        return Err(gst::FlowError::Flushing);
+                    }
                 }
                 Ok(gst::FlowSuccess::Ok)
             })

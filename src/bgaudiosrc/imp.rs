@@ -378,13 +378,11 @@ impl ObjectImpl for BgAudioSrc {
         if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY) {
             let state = self.obj().current_state();
             if state > gst::State::Ready {
+                let (name, property) = (self.obj().name(), pspec.name());
                 glib::g_warning!(
                     "bgaudiosrc",
-                    "{}: changing the '{}' property in the {:?} state is not supported; \
-                     set it in the NULL or READY state (it keeps its value in use)",
-                    self.obj().name(),
-                    pspec.name(),
-                    state
+                    "{name}: changing the '{property}' property in the {state:?} state is not \
+                     supported; set it in the NULL or READY state (it keeps its value in use)"
                 );
                 return;
             }
@@ -478,12 +476,7 @@ impl ElementImpl for BgAudioSrc {
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::ReadyToPaused {
             let live = self.settings().mode == BgAudioSrcMode::Mixing;
-            gst::debug!(
-                CAT,
-                imp = self,
-                "Starting as a {} source",
-                if live { "live" } else { "non-live" }
-            );
+            gst::debug!(CAT, imp = self, "Starting as a source with live={live}");
             self.obj().set_live(live);
         }
         self.parent_change_state(transition)
@@ -506,10 +499,7 @@ impl BaseSrcImpl for BgAudioSrc {
         if file.is_none() && !protocol_is_supported(&uri) {
             return Err(gst::error_msg!(
                 gst::CoreError::MissingPlugin,
-                (
-                    "No installed element reads '{}': its protocol is not supported",
-                    location
-                )
+                ("No installed element reads '{location}': its protocol is not supported")
             ));
         }
         gst::debug!(CAT, imp = self, "Starting on {}", uri);
@@ -560,11 +550,8 @@ impl BaseSrcImpl for BgAudioSrc {
                         let (location, timeout) = self.timeout_context();
                         gst::error_msg!(
                             gst::ResourceError::Read,
-                            (
-                                "'{}' showed no audio format within {} (the 'timeout' property)",
-                                location,
-                                timeout
-                            )
+                            ("'{location}' showed no audio format within {timeout} (the \
+                                 'timeout' property)")
                         )
                     }
                 };
@@ -718,14 +705,12 @@ impl BaseSrcImpl for BgAudioSrc {
         let streaming = streams(&native, max_cache_size)
             || (seek.is_none() && output_bytes.is_some_and(|b| b > max_cache_size));
         if streaming {
+            let (location, live) = (&source.location, native.live);
             gst::info!(
                 CAT,
                 imp = self,
-                "'{}' streams through a window (live: {}, {:?} bytes decoded, limit {})",
-                source.location,
-                native.live,
-                output_bytes,
-                max_cache_size
+                "'{location}' streams through a window (live: {live}, {output_bytes:?} bytes \
+                 decoded, limit {max_cache_size})"
             );
         }
         let key = source
@@ -788,12 +773,7 @@ impl BaseSrcImpl for BgAudioSrc {
             // thread waiting for it.
             decoder.shutdown(false);
         }
-        gst::info!(
-            CAT,
-            imp = self,
-            "{} decoded copy",
-            if new { "Made a new" } else { "Sharing a" }
-        );
+        gst::info!(CAT, imp = self, "Decoded copy made by this element: {new}");
 
         let bpf = info.bpf();
         let rate = info.rate() as u64;
@@ -937,8 +917,7 @@ impl BaseSrcImpl for BgAudioSrc {
             gst::debug!(
                 CAT,
                 imp = self,
-                "Refusing seek to {} (rate {})",
-                start,
+                "Refusing seek to {start} (rate {})",
                 segment.rate()
             );
             return false;
@@ -1020,10 +999,8 @@ impl BgAudioSrc {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "'{}' decodes to {} Hz, {} channels (known from an earlier probe)",
-                    source.location,
-                    native.rate,
-                    native.channels
+                    "'{}' decodes to {native:?} (known from an earlier probe)",
+                    source.location
                 );
                 starting.native = Some(native);
             }
@@ -1072,11 +1049,8 @@ impl BgAudioSrc {
                     gst::info!(
                         CAT,
                         imp = self,
-                        "'{}' decodes to {} Hz, {} channels{}",
-                        starting.source.location,
-                        native.rate,
-                        native.channels,
-                        if native.live { " (live)" } else { "" }
+                        "'{}' decodes to {native:?}",
+                        starting.source.location
                     );
                     starting.native = Some(native);
                     return Ok(native);
@@ -1225,16 +1199,11 @@ impl BgAudioSrc {
                 running.first_from = frame;
             }
         }
+        // (Refused in a window over a stream: it plays from its start.)
         gst::info!(
             CAT,
             imp = self,
-            "First pass from frame {}{}",
-            frame,
-            if moved {
-                ""
-            } else {
-                " refused: a window over a stream plays from its start"
-            }
+            "First pass from frame {frame}: placed {moved}"
         );
     }
 
@@ -1269,10 +1238,7 @@ impl BgAudioSrc {
         gst::debug!(
             CAT,
             imp = self,
-            "Playing from output frame {} (the first pass from frame {} of the file) to {:?}",
-            frame,
-            first,
-            stop
+            "Playing from output frame {frame} (first pass from frame {first}) to {stop:?}"
         );
         true
     }
@@ -1375,74 +1341,47 @@ fn protocol_is_supported(uri: &str) -> bool {
 /// is a local file. Local files are checked here so that the usual mistakes get the same clear
 /// errors as `filesrc` gives.
 fn location_to_uri(location: &str) -> Result<(String, Option<FileId>), gst::ErrorMessage> {
+    use gst::ResourceError::{NotFound, OpenRead};
     let path = if has_uri_scheme(location) {
         if !location.starts_with("file:") {
             return Ok((location.to_owned(), None));
         }
-        match glib::filename_from_uri(location) {
-            Ok((path, _)) => path,
-            Err(err) => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::NotFound,
-                    ("Invalid file URI '{}': {}", location, err)
-                ))
-            }
-        }
+        glib::filename_from_uri(location)
+            .map_err(|err| gst::error_msg!(NotFound, ("Invalid file URI '{location}': {err}")))?
+            .0
     } else {
         std::path::PathBuf::from(location)
     };
-
-    let metadata = std::fs::metadata(&path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => gst::error_msg!(
-            gst::ResourceError::NotFound,
-            (
-                "Could not open file '{}' for reading: no such file",
-                location
-            )
-        ),
-        std::io::ErrorKind::PermissionDenied => gst::error_msg!(
-            gst::ResourceError::OpenRead,
-            (
-                "Could not open file '{}' for reading: permission denied",
-                location
-            )
-        ),
-        _ => gst::error_msg!(
-            gst::ResourceError::OpenRead,
-            ("Could not open file '{}' for reading: {}", location, err)
-        ),
-    })?;
-    if metadata.is_dir() {
-        return Err(gst::error_msg!(
-            gst::ResourceError::OpenRead,
-            ("'{}' is a directory, not an audio file", location)
-        ));
-    }
-    if metadata.len() == 0 {
-        return Err(gst::error_msg!(
-            gst::StreamError::TypeNotFound,
-            ("'{}' is empty: it holds no audio", location)
-        ));
-    }
-    let absolute = std::path::absolute(&path).map_err(|err| {
+    let metadata = std::fs::metadata(&path).map_err(|err| {
+        let (code, why) = match err.kind() {
+            std::io::ErrorKind::NotFound => (NotFound, "no such file".to_owned()),
+            std::io::ErrorKind::PermissionDenied => (OpenRead, "permission denied".to_owned()),
+            _ => (OpenRead, err.to_string()),
+        };
         gst::error_msg!(
-            gst::ResourceError::OpenRead,
-            ("Could not resolve '{}': {}", location, err)
+            code,
+            ("Could not open file '{location}' for reading: {why}")
         )
     })?;
+    if metadata.is_dir() {
+        let text = format!("'{location}' is a directory, not an audio file");
+        return Err(gst::error_msg!(OpenRead, ("{text}")));
+    }
+    if metadata.len() == 0 {
+        let text = format!("'{location}' is empty: it holds no audio");
+        return Err(gst::error_msg!(gst::StreamError::TypeNotFound, ("{text}")));
+    }
+    let absolute = std::path::absolute(&path)
+        .map_err(|err| gst::error_msg!(OpenRead, ("Could not resolve '{location}': {err}")))?;
+    let uri = glib::filename_to_uri(&absolute, None).map_err(|err| {
+        gst::error_msg!(OpenRead, ("Could not turn '{location}' into a URI: {err}"))
+    })?;
     let file = FileId {
-        path: std::fs::canonicalize(&absolute).unwrap_or_else(|_| absolute.clone()),
+        path: std::fs::canonicalize(&absolute).unwrap_or(absolute),
         size: metadata.len(),
         modified: metadata.modified().ok(),
     };
-    glib::filename_to_uri(&absolute, None)
-        .map(|uri| (uri.to_string(), Some(file)))
-        .map_err(|err| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ("Could not turn '{}' into a URI: {}", location, err)
-            )
-        })
+    Ok((uri.into(), Some(file)))
 }
 
 /// Whether `s` starts with a URI scheme (RFC 3986: a letter, then letters, digits, `+ - .`,

@@ -70,7 +70,7 @@ impl BgAudioSrc {
         };
         let entry = running.lease.entry().clone();
         let rate = running.info.rate() as u64;
-        let output = Output::of(&running.info);
+        let info = running.info.clone();
         let (mut frames_per_buffer, sample_offset, stop, timestamp_offset) = (
             running.frames_per_buffer,
             running.sample_offset,
@@ -101,12 +101,11 @@ impl BgAudioSrc {
             Envelope::new(volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
         });
         if fade_out_pending {
+            let fade_out = settings.fade_out;
             gst::info!(
                 CAT,
                 imp = self,
-                "Fading out over {} from frame {}, then EOS",
-                settings.fade_out,
-                sample_offset
+                "Fading out over {fade_out} from frame {sample_offset}, then EOS"
             );
             envelope.fade_out(sample_offset, time_to_frames(settings.fade_out, rate));
         }
@@ -164,7 +163,7 @@ impl BgAudioSrc {
         let fill = match gain {
             Some(g)
                 if g == 1.0
-                    && output.format == SampleFormat::S16
+                    && info.format() == gst_audio::AUDIO_FORMAT_S16
                     && reader.can_share()
                     && reader.cache().complete_frames().is_some() =>
             {
@@ -173,7 +172,7 @@ impl BgAudioSrc {
             Some(g) => self.fill_copied(
                 reader,
                 frames_per_buffer,
-                output,
+                &info,
                 settings.do_loop,
                 Gain::Constant(g),
                 wait,
@@ -181,7 +180,7 @@ impl BgAudioSrc {
             None => self.fill_copied(
                 reader,
                 frames_per_buffer,
-                output,
+                &info,
                 settings.do_loop,
                 Gain::Envelope(&envelope, sample_offset),
                 wait,
@@ -233,8 +232,7 @@ impl BgAudioSrc {
             gst::debug!(
                 CAT,
                 imp = self,
-                "Nothing decoded in time for {}: silence",
-                pts
+                "Nothing decoded in time for {pts}: silence"
             );
         }
 
@@ -315,13 +313,12 @@ impl BgAudioSrc {
         &self,
         reader: &mut Reader,
         frames_per_buffer: usize,
-        output: Output,
+        info: &gst_audio::AudioInfo,
         do_loop: bool,
         gain: Gain,
         wait: Wait,
     ) -> Result<Fill, gst::FlowError> {
-        let channels = output.channels;
-        let bpf = output.bpf();
+        let (channels, bpf) = (info.channels() as usize, info.bpf() as usize);
         // From the buffer pool the base class set up in its allocation query (sized by the
         // blocksize set in `set_caps`): buffers are reused instead of allocated every 20 ms. A
         // pool whose buffers are too small (a downstream that proposed its own) is passed over.
@@ -350,11 +347,11 @@ impl BgAudioSrc {
                 buffer.set_size(size);
             }
             let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
-            let mut out = Samples::of(map.as_mut_slice(), output.format).ok_or_else(|| {
+            let mut out = Samples::of(map.as_mut_slice(), info.format()).ok_or_else(|| {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Failed,
-                    ("Output memory not aligned for {:?} samples", output.format)
+                    ("Output memory not aligned for {:?} samples", info.format())
                 );
                 gst::FlowError::Error
             })?;
@@ -475,10 +472,7 @@ impl BgAudioSrc {
         gst::log!(
             CAT,
             imp = self,
-            "Waited for {}: {:?}, jitter {}",
-            running_time,
-            res,
-            jitter
+            "Waited for {running_time}: {res:?}, jitter {jitter}"
         );
         self.clock_id().take();
         match res {
@@ -527,10 +521,10 @@ impl BgAudioSrc {
             ),
             _ => return gst::FlowError::Flushing,
         };
+        let waited = waited.as_secs_f64();
         let text = format!(
-            "'{}' delivered no audio for {:.1} s (the 'timeout' property): its decoder stalled",
-            location,
-            waited.as_secs_f64()
+            "'{location}' delivered no audio for {waited:.1} s (the 'timeout' property): its \
+             decoder stalled"
         );
         let err = if local {
             gst::error_msg!(gst::StreamError::Decode, ("{}", text))
@@ -568,8 +562,7 @@ impl BgAudioSrc {
         gst::debug!(
             CAT,
             imp = self,
-            "End of a pass, looping (at frame {})",
-            position
+            "End of a pass, looping (at frame {position})"
         );
     }
 
@@ -605,43 +598,8 @@ pub(super) fn time_to_frames(time: gst::ClockTime, rate: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// The sample formats the element outputs. The decoded copy is always S16; F32 is made from
-/// it while copying out (exactly `x / 32768` at gain 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SampleFormat {
-    S16,
-    F32,
-}
-
-/// The output format as playout needs it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Output {
-    pub(super) format: SampleFormat,
-    pub(super) channels: usize,
-}
-
-impl Output {
-    pub(super) fn of(info: &gst_audio::AudioInfo) -> Self {
-        Output {
-            format: if info.format() == gst_audio::AUDIO_FORMAT_F32 {
-                SampleFormat::F32
-            } else {
-                SampleFormat::S16
-            },
-            channels: info.channels() as usize,
-        }
-    }
-
-    fn bpf(&self) -> usize {
-        self.channels
-            * match self.format {
-                SampleFormat::S16 => 2,
-                SampleFormat::F32 => 4,
-            }
-    }
-}
-
-/// A mapped output buffer as samples of its format.
+/// A mapped output buffer as samples of its format: S16, or F32, made from the copy's S16 while
+/// copying out (exactly `x / 32768` at gain 1).
 enum Samples<'a> {
     S16(&'a mut [i16]),
     F32(&'a mut [f32]),
@@ -649,17 +607,17 @@ enum Samples<'a> {
 
 impl<'a> Samples<'a> {
     /// `None` if the memory is not aligned for the format.
-    fn of(bytes: &'a mut [u8], format: SampleFormat) -> Option<Self> {
+    fn of(bytes: &'a mut [u8], format: gst_audio::AudioFormat) -> Option<Self> {
         // SAFETY: every bit pattern is a valid i16 and f32; align_to_mut only yields a middle
         // part that is correctly aligned, and we refuse memory where it is not the whole slice.
         match format {
-            SampleFormat::S16 => {
-                let (head, samples, tail) = unsafe { bytes.align_to_mut::<i16>() };
-                (head.is_empty() && tail.is_empty()).then_some(Samples::S16(samples))
-            }
-            SampleFormat::F32 => {
+            gst_audio::AUDIO_FORMAT_F32 => {
                 let (head, samples, tail) = unsafe { bytes.align_to_mut::<f32>() };
                 (head.is_empty() && tail.is_empty()).then_some(Samples::F32(samples))
+            }
+            _ => {
+                let (head, samples, tail) = unsafe { bytes.align_to_mut::<i16>() };
+                (head.is_empty() && tail.is_empty()).then_some(Samples::S16(samples))
             }
         }
     }

@@ -301,15 +301,11 @@ fn release(entry: &Arc<Entry>) {
     let complete = cache.complete_frames().is_some();
     if (complete || cache.is_filling()) && current && cache.byte_size() <= budget {
         slot.used = now;
+        // (A copy still filling keeps its decoder, waiting for the next reader.)
         gst::debug!(
             CAT,
             id = entry.cache.label(),
-            "Retaining the copy (its last user stopped){}",
-            if complete {
-                ""
-            } else {
-                "; its decoder waits for the next reader"
-            }
+            "Retaining the copy (complete: {complete})"
         );
         reg.evict(budget, &mut dropped);
     } else {
