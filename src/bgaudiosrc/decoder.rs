@@ -7,10 +7,10 @@
 //! installed plugins give, so a copy holds what the stock chain decodes, sample for sample.
 //!
 //! The caller never waits for a remote source. `Decoder::start` builds the pipeline; a local
-//! file starts on the caller's thread, anything else hands its state changes to a GStreamer
-//! pool thread (`call_async`): some sources connect or open inside them (rtmp://, srt://).
-//! Decoded data is held back by a blocking
-//! probe until the output format is known. Whoever needs the file's own format waits for it on
+//! file starts on the caller's thread (to PAUSED, with only its appsink PLAYING: no clock is
+//! needed), anything else hands its state changes to a GStreamer pool thread (`call_async`):
+//! some sources connect or open inside them (rtmp://, srt://). Decoded data is held back by a
+//! blocking probe until the output format is known. Whoever needs the file's own format waits for it on
 //! the chain's `Shared` (`wait_native`), with a deadline and a cancel check, and may share that
 //! wait with other elements on the same file. `Decoder::start_output` then sets the output
 //! format and lets the samples flow into the copy, whose readers pace them (see `cache`).
@@ -466,7 +466,8 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Builds the decode chain for `uri` and sets it playing on a pool thread; returns at once.
+    /// Builds the decode chain for `uri` and starts it (a remote one on a pool thread); returns
+    /// at once.
     /// The stream's format arrives on `shared` (`Shared::wait_native`); failures too, and are
     /// returned here as well when the chain cannot be built. `output`, when already known, is
     /// the format to convert to (`start_output` may still change it).
