@@ -1276,6 +1276,22 @@ mod tests {
     }
 
     #[test]
+    fn writes_are_refused_once_the_copy_is_complete_or_closed() {
+        gst::init().unwrap();
+        // (A copy with no reader holds its writer back: one reader lets it write.)
+        let complete = Arc::new(PcmCache::new(8000, 1, u64::MAX));
+        let _reader = complete.reader().unwrap();
+        assert!(complete.push_bytes(&ramp(10, 1, 0)));
+        complete.end_pass();
+        assert!(!complete.push_bytes(&ramp(10, 1, 10)));
+        assert_eq!(complete.complete_frames(), Some(10));
+        let closed = PcmCache::new(8000, 1, u64::MAX);
+        closed.close();
+        assert!(!closed.push_bytes(&ramp(10, 1, 0)));
+        assert_eq!(closed.byte_size(), 0);
+    }
+
+    #[test]
     fn failure_reaches_readers_after_the_decoded_part() {
         gst::init().unwrap();
         let cache = Arc::new(PcmCache::new(8000, 1, u64::MAX));

@@ -1364,12 +1364,16 @@ fn location_to_uri(location: &str) -> Result<(String, Option<FileId>), gst::Erro
         )
     })?;
     if metadata.is_dir() {
-        let text = format!("'{location}' is a directory, not an audio file");
-        return Err(gst::error_msg!(OpenRead, ("{text}")));
+        return Err(gst::error_msg!(
+            OpenRead,
+            ("'{location}' is a directory, not an audio file")
+        ));
     }
     if metadata.len() == 0 {
-        let text = format!("'{location}' is empty: it holds no audio");
-        return Err(gst::error_msg!(gst::StreamError::TypeNotFound, ("{text}")));
+        return Err(gst::error_msg!(
+            gst::StreamError::TypeNotFound,
+            ("'{location}' is empty: it holds no audio")
+        ));
     }
     let absolute = std::path::absolute(&path)
         .map_err(|err| gst::error_msg!(OpenRead, ("Could not resolve '{location}': {err}")))?;
