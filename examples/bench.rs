@@ -538,18 +538,24 @@ fn scenario(args: &[String]) -> Result<(), Error> {
         "replay" => {
             let mp3 = long_mp3()?;
             warm_up(&mp3)?;
-            let play = || -> Result<Duration, Error> {
-                let pipeline = gst::parse::launch(&format!(
-                    "bgaudiosrc location={} ! {CAPS} ! fakesink sync=true",
-                    mp3.display()
-                ))?;
+            let play_with = |head: &str| -> Result<Duration, Error> {
+                let pipeline =
+                    gst::parse::launch(&format!("{head} ! {CAPS} ! fakesink sync=true"))?;
                 let cpu0 = precise_cpu_time();
                 pipeline.set_state(gst::State::Playing)?;
                 std::thread::sleep(Duration::from_secs(3));
                 pipeline.set_state(gst::State::Null)?;
                 Ok(precise_cpu_time() - cpu0)
             };
+            let play = || play_with(&format!("bgaudiosrc location={}", mp3.display()));
             let (first, second) = (play()?, play()?);
+            // What any source costs here (pipeline, state changes, 150 paced 20 ms buffers), and
+            // what the stock chain costs for the same play.
+            let floor = play_with("audiotestsrc wave=silence samplesperbuffer=960")?;
+            let stock = play_with(&format!(
+                "uridecodebin uri={} ! audioconvert ! audioresample",
+                gst::glib::filename_to_uri(&mp3, None)?
+            ))?;
             // The same again with nothing retained: what the second play would cost if the copy
             // were dropped at the stop (decoded again from the start).
             let budget = gstbgaudio::retain_budget();
@@ -557,11 +563,13 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             let unretained = play()?;
             gstbgaudio::set_retain_budget(budget);
             println!(
-                "first_s={:.4} second_s={:.4} ratio={:.3} unretained_s={:.4}",
+                "first_s={:.4} second_s={:.4} ratio={:.3} unretained_s={:.4} floor_s={:.4} stock_s={:.4}",
                 first.as_secs_f64(),
                 second.as_secs_f64(),
                 second.as_secs_f64() / first.as_secs_f64(),
-                unretained.as_secs_f64()
+                unretained.as_secs_f64(),
+                floor.as_secs_f64(),
+                stock.as_secs_f64()
             );
         }
         other => return Err(format!("unknown scenario {other:?}").into()),
@@ -765,13 +773,15 @@ fn start_up(distinct: usize, rounds: usize) -> Result<(), Error> {
 fn replay() -> Result<(), Error> {
     println!("6. Replay after stop: 3-minute MP3 played 3 s, stopped, played 3 s again");
     let f = child(&["replay"])?;
+    let (first, second, floor) = (get(&f, "first_s"), get(&f, "second_s"), get(&f, "floor_s"));
     println!(
-        "first play {:.3} s CPU, second play {:.3} s CPU (x {:.2}); a play with nothing \
-         retained {:.3} s",
-        get(&f, "first_s"),
-        get(&f, "second_s"),
+        "first play {first:.3} s CPU, second play {second:.3} s CPU (x {:.2}); a play with \
+         nothing retained {:.3} s; the stock chain {:.3} s; audiotestsrc (the floor) {floor:.3} s; \
+         above the floor the second play costs x {:.2} of the first",
         get(&f, "ratio"),
-        get(&f, "unretained_s")
+        get(&f, "unretained_s"),
+        get(&f, "stock_s"),
+        (second - floor) / (first - floor)
     );
     Ok(())
 }
