@@ -40,9 +40,8 @@ pub const STREAM_CHUNK_FRAMES: usize = 4_096;
 /// How far a copy's first pass decodes ahead of its furthest reader: as far as that reader has
 /// read, between these bounds. A reader that has just started needs one buffer ahead, and a
 /// small lead lets elements starting together share the CPU with each other rather than with
-/// decoders filling their files (measured with `examples/bench.rs`: a fixed 100 ms lead made
-/// 50 distinct files start 30 % slower than the stock chain); a reader that has played a while
-/// gets a lead that covers a busy moment. The decoder goes on once the reader has read half.
+/// decoders filling their files; a reader that has played a while gets a lead that covers a
+/// busy moment. The decoder goes on once the reader has read half.
 pub const DECODE_AHEAD_MIN: Duration = Duration::from_millis(20);
 pub const DECODE_AHEAD_MAX: Duration = Duration::from_millis(200);
 /// How far a window's writer runs ahead of its furthest reader: enough to cover going back to
@@ -140,12 +139,6 @@ struct Filling {
     progress: Instant,
     /// The stream's tags as the decoder found them, and how often they changed.
     tags: (u64, Option<gst::TagList>),
-}
-
-impl Filling {
-    fn furthest_reader(&self) -> Option<u64> {
-        self.readers.iter().flatten().map(|s| s.pos).max()
-    }
 }
 
 #[derive(Debug)]
@@ -332,19 +325,12 @@ impl PcmCache {
         (duration.as_nanos() * self.rate as u128 / 1_000_000_000) as u64
     }
 
-    /// A window's limit and lead, in frames. The lead stays below the limit, so one reader
-    /// alone never waits for itself.
-    fn window_bounds(&self) -> (u64, u64) {
-        let limit = (self.limit / self.bpf()).max(2);
-        let lead = (WINDOW_LEAD_BYTES / self.bpf()).min(limit / 2).max(1);
-        (limit, lead)
-    }
-
     /// Whether a copy's first pass is far enough ahead of its furthest reader (see
     /// `DECODE_AHEAD_MIN`), beyond the readers' look-ahead; `half` asks for half that lead. With
     /// no reader it waits (for one that joins later).
     fn paced(&self, filling: &Filling, half: bool) -> bool {
-        filling.furthest_reader().is_none_or(|furthest| {
+        let furthest = filling.readers.iter().flatten().map(|s| s.pos).max();
+        furthest.is_none_or(|furthest| {
             let ahead = furthest.clamp(
                 self.frames_in(DECODE_AHEAD_MIN),
                 self.frames_in(DECODE_AHEAD_MAX),
@@ -365,14 +351,12 @@ impl PcmCache {
                 Room::Write
             };
         }
-        let (limit, lead) = self.window_bounds();
-        window::room(
-            filling.frames,
-            &filling.readers,
-            limit,
-            lead,
-            Instant::now(),
-        )
+        // A window's limit and lead, in frames. The lead stays below the limit, so one reader
+        // alone never waits for itself.
+        let limit = (self.limit / self.bpf()).max(2);
+        let lead = (WINDOW_LEAD_BYTES / self.bpf()).min(limit / 2).max(1);
+        let now = Instant::now();
+        window::room(filling.frames, &filling.readers, limit, lead, now)
     }
 
     /// Whether a waiting writer may go on now that a reader moved: for a copy, once the
@@ -546,13 +530,11 @@ impl PcmCache {
             if filling.window.is_some() && filling.frames > 0 {
                 return None;
             }
-            let id = match filling.readers.iter().position(Option::is_none) {
-                Some(free) => free,
-                None => {
-                    filling.readers.push(None);
-                    filling.readers.len() - 1
-                }
-            };
+            let free = filling.readers.iter().position(Option::is_none);
+            let id = free.unwrap_or_else(|| {
+                filling.readers.push(None);
+                filling.readers.len() - 1
+            });
             filling.readers[id] = Some(Slot::new(Instant::now()));
             Some(id)
         };
@@ -575,25 +557,9 @@ impl PcmCache {
         self.cond.notify_all();
     }
 
-    fn read_frozen(
-        &self,
-        frozen: &Frozen,
-        pos: u64,
-        max_frames: usize,
-        visit: &mut impl FnMut(&[i16]),
-    ) -> Read {
-        match self.read_chunks(
-            frozen.chunks.iter(),
-            &[],
-            0,
-            frozen.frames,
-            pos,
-            max_frames,
-            visit,
-        ) {
-            0 => Read::PassEnd,
-            n => Read::Frames(n),
-        }
+    /// Visits `n` frames of the complete copy from frame `pos` (all within it).
+    fn read_frozen(&self, frozen: &Frozen, pos: u64, n: usize, visit: &mut impl FnMut(&[i16])) {
+        self.read_chunks(frozen.chunks.iter(), &[], 0, pos, n, visit);
     }
 
     /// The frames a pass of the complete copy plays for a trim at `threshold` (see
@@ -639,13 +605,14 @@ impl PcmCache {
     fn first_loud_filling(&self, filling: &Filling, threshold: i16, to: u64) -> Option<u64> {
         let mut frame = None;
         let mut seen = 0u64;
+        let (chunks, tail) = (filling.chunks.iter(), &filling.tail);
+        let n = to.min(filling.frames) as usize;
         self.read_chunks(
-            filling.chunks.iter(),
-            &filling.tail,
+            chunks,
+            tail,
             filling.first_chunk,
-            to,
             0,
-            to as usize,
+            n,
             &mut |samples: &[i16]| {
                 if frame.is_none() {
                     if let Some(i) = samples
@@ -661,23 +628,16 @@ impl PcmCache {
         frame
     }
 
-    /// Visits up to `max_frames` frames from stream frame `pos`, which must be held, and below
-    /// `end`. Returns the number of frames visited.
-    #[allow(clippy::too_many_arguments)]
+    /// Visits `frames` frames from stream frame `pos`, all of them held.
     fn read_chunks<'a>(
         &self,
         chunks: impl Iterator<Item = &'a Chunk>,
         tail: &[i16],
         first_chunk: u64,
-        end: u64,
         pos: u64,
-        max_frames: usize,
+        frames: usize,
         visit: &mut impl FnMut(&[i16]),
-    ) -> usize {
-        if pos >= end {
-            return 0;
-        }
-        let frames = (max_frames as u64).min(end - pos) as usize;
+    ) {
         debug_assert!(
             pos / self.chunk_frames as u64 >= first_chunk,
             "read before the window"
@@ -696,7 +656,6 @@ impl PcmCache {
             left -= n;
             offset = 0;
         }
-        frames
     }
 }
 
@@ -739,13 +698,10 @@ impl Reader {
         self.at.shape = shape;
     }
 
-    /// Whether the next frames can be shared without a copy: nothing to shape, no seam.
+    /// Whether the next frames can be shared without a copy (`share_into`): the copy is
+    /// complete, nothing to shape, no seam.
     pub fn can_share(&self) -> bool {
-        self.at.shape.is_plain() && self.at.seam.is_none()
-    }
-
-    pub fn cache(&self) -> &Arc<PcmCache> {
-        &self.cache
+        self.cache.frozen.get().is_some() && self.at.shape.is_plain() && self.at.seam.is_none()
     }
 
     /// The frame this reader reads next: in the file when the copy is complete, in the stream
@@ -848,10 +804,7 @@ impl Reader {
                 // The writer may be waiting to overtake a reader this one waits behind.
                 cache.cond.notify_all();
             }
-            let until = match (wait.deadline, stall) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let until = wait.deadline.into_iter().chain(stall).min();
             if wait.deadline.is_some_and(|d| d <= now) {
                 return Ok(Read::NotYet);
             }
@@ -893,9 +846,6 @@ impl Reader {
         let placed = self.at.place_filling(cache, filling);
         self.register(filling, id);
         cache.drop_passed(filling);
-        if cache.writer_may_go_on(filling) {
-            cache.cond.notify_all();
-        }
         let pass_end = filling.window.as_ref().and_then(|w| w.pass_end(self.pass));
         // At or past it: a seek may have put the reader beyond a pass end it never read.
         if pass_end.is_some_and(|end| self.at.pos >= end) {
@@ -922,26 +872,17 @@ impl Reader {
         if end <= self.at.pos {
             return None;
         }
-        let n = cache.read_chunks(
-            filling.chunks.iter(),
-            &filling.tail,
-            filling.first_chunk,
-            end,
-            self.at.pos,
-            max_frames,
-            visit,
-        );
+        let n = (max_frames as u64).min(end - self.at.pos) as usize;
+        let (chunks, tail) = (filling.chunks.iter(), &filling.tail);
+        cache.read_chunks(chunks, tail, filling.first_chunk, self.at.pos, n, visit);
         self.at.pos += n as u64;
         self.at.in_pass += n as u64;
         self.register(filling, id);
-        if cache.writer_may_go_on(filling) {
-            cache.cond.notify_all();
-        }
         Some(Read::Frames(n))
     }
 
     /// Tells the copy where this reader is (for a seek not placed yet, the frame it waits for,
-    /// so the decoder runs ahead of that).
+    /// so the decoder runs ahead of that), and wakes a writer that may go on now.
     fn register(&self, filling: &mut Filling, id: usize) {
         if let Some(slot) = filling.readers.get_mut(id).and_then(Option::as_mut) {
             slot.pos = self
@@ -950,6 +891,9 @@ impl Reader {
                 .map_or(self.at.pos, |(frame, first)| first + frame);
             slot.pass = self.pass;
             slot.last_read = Instant::now();
+        }
+        if self.cache.writer_may_go_on(filling) {
+            self.cache.cond.notify_all();
         }
     }
 
@@ -1014,14 +958,8 @@ impl Playhead {
         };
         let (head, tail) = self.bounds(cache, frozen);
         let crossfade = self.shape.crossfade_for(head, tail);
-        self.go_to(shape::place(
-            frame,
-            first,
-            head,
-            tail,
-            crossfade,
-            self.shape.looping,
-        ));
+        let place = shape::place(frame, first, head, tail, crossfade, self.shape.looping);
+        self.go_to(place);
     }
 
     /// Places a pending seek in a copy still filling, once the frame it lands on is decoded
@@ -1076,14 +1014,8 @@ impl Playhead {
         let crossfade = self.shape.crossfade_for(head, tail);
         if let Some(done) = self.seam {
             if done < crossfade {
-                return self.read_seam(
-                    cache,
-                    frozen,
-                    (head, tail, crossfade),
-                    done,
-                    max_frames,
-                    visit,
-                );
+                let key = (head, tail, crossfade);
+                return self.read_seam(cache, frozen, key, done, max_frames, visit);
             }
             self.seam = None;
             self.pos = head + crossfade;
@@ -1093,13 +1025,14 @@ impl Playhead {
         if self.pos >= end {
             return Read::PassEnd;
         }
-        let n = (max_frames as u64).min(end - self.pos) as usize;
-        let read = cache.read_frozen(frozen, self.pos, n, visit);
-        if let Read::Frames(n) = read {
-            self.pos += n as u64;
-            self.in_pass += n as u64;
+        if max_frames == 0 {
+            return Read::PassEnd;
         }
-        read
+        let n = (max_frames as u64).min(end - self.pos) as usize;
+        cache.read_frozen(frozen, self.pos, n, visit);
+        self.pos += n as u64;
+        self.in_pass += n as u64;
+        Read::Frames(n)
     }
 
     /// Reads on in a seam, `done` of its frames read already.

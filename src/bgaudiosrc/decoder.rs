@@ -337,33 +337,23 @@ fn map_unpositioned(
         .property::<Option<gst::Caps>>("caps")
         .and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("channels").ok()))
         .map(|c| c.max(1) as usize);
-    let matrix: Vec<Vec<f32>> = match output {
-        Some(out) if unpositioned => (0..out)
-            .map(|o| {
-                (0..channels)
-                    .map(|i| if i == o { 1.0 } else { 0.0 })
-                    .collect()
-            })
-            .collect(),
-        _ if mapping => Vec::new(),
+    let rows = match output {
+        Some(out) if unpositioned => out,
+        _ if mapping => 0,
         _ => return false,
     };
-    if !matrix.is_empty() {
-        let played = matrix.len();
+    if rows > 0 {
         gst::warning!(
             CAT,
             obj = convert,
             "'{location}' changed to {channels} channels without positions: playing its first \
-             {played} as the output's"
+             {rows} as the output's"
         );
     }
-    let value = gst::Array::new(
-        matrix
-            .iter()
-            .map(|row| gst::Array::new(row.iter().map(|v| v.to_send_value())).to_send_value()),
-    );
-    convert.set_property("mix-matrix", value);
-    !matrix.is_empty()
+    // Output channel `o` plays input channel `o` (no rows: no matrix).
+    let row = |o: usize| gst::Array::new((0..channels).map(move |i| f32::from(i == o)));
+    convert.set_property("mix-matrix", gst::Array::new((0..rows).map(row)));
+    rows > 0
 }
 
 /// `element`'s pad `name`, one it always has.
@@ -428,18 +418,10 @@ fn fresh_resampler(pipeline: &gst::Element) -> Result<(), glib::BoolError> {
     link_raw(&new, &sink)?;
     new.sync_state_with_parent()?;
     let new_sink = pad_of(&new, "sink")?;
-    for event in [
-        convert_src
-            .sticky_event::<gst::event::StreamStart>(0)
-            .map(gst::Event::from),
-        convert_src
-            .sticky_event::<gst::event::Caps>(0)
-            .map(gst::Event::from),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !new_sink.send_event(event) {
+    let start = convert_src.sticky_event::<gst::event::StreamStart>(0);
+    let caps = convert_src.sticky_event::<gst::event::Caps>(0);
+    for event in [start.map(gst::Event::from), caps.map(gst::Event::from)] {
+        if !event.is_none_or(|event| new_sink.send_event(event)) {
             return Err(glib::bool_error!(
                 "the new resampler refused the stream's format"
             ));
@@ -524,9 +506,9 @@ impl Decoder {
             }
         };
         // A local file opens on the caller's thread, as a filesrc in its own pipeline would
-        // (`start` has already asked the filesystem about it): with 50 elements starting at
-        // once, a pool thread per chain measured 15-30 % slower to the first buffer. Anything
-        // else may connect or wait inside its state change, so it goes to a pool thread.
+        // (`start` has already asked the filesystem about it; a pool thread per chain measured
+        // slower to the first buffer). Anything else may connect or wait inside its state
+        // change, so it goes to a pool thread.
         if local {
             start(&decoder.pipeline);
         } else {

@@ -177,18 +177,6 @@ impl Envelope {
     }
 }
 
-/// Writes `src * envelope.at(frame)` into `dst`, frame by frame, where `src` starts at output
-/// frame `first_frame`. Used only while a ramp or fade is in progress.
-pub fn apply_envelope(
-    src: &[i16],
-    dst: &mut [i16],
-    channels: usize,
-    first_frame: u64,
-    envelope: &Envelope,
-) {
-    per_frame(src, dst, channels, first_frame, envelope, apply);
-}
-
 /// Writes `src * gain` as F32 into `dst`, full scale 1.0: `x * gain / 32768`. At gain 1 that is
 /// exactly `x / 32768` (a power of two: no rounding). Floats need no saturation.
 pub fn apply_f32(src: &[i16], dst: &mut [f32], gain: f64) {
@@ -200,19 +188,10 @@ pub fn apply_f32(src: &[i16], dst: &mut [f32], gain: f64) {
     }
 }
 
-/// `apply_envelope` for F32 output.
-pub fn apply_envelope_f32(
-    src: &[i16],
-    dst: &mut [f32],
-    channels: usize,
-    first_frame: u64,
-    envelope: &Envelope,
-) {
-    per_frame(src, dst, channels, first_frame, envelope, apply_f32);
-}
-
-/// Applies each frame's gain from `envelope` with `apply`, frame by frame.
-fn per_frame<T>(
+/// Writes `src * envelope.at(frame)` into `dst` with `apply` (`apply` or `apply_f32`), frame by
+/// frame, where `src` starts at output frame `first_frame`. Used only while a ramp or fade is in
+/// progress.
+pub fn apply_envelope<T>(
     src: &[i16],
     dst: &mut [T],
     channels: usize,
@@ -340,7 +319,7 @@ mod tests {
         let env = Envelope::new(1.0, 1, 4);
         let src = [1000i16; 8];
         let mut dst = [0i16; 8];
-        apply_envelope(&src, &mut dst, 2, 0, &env);
+        apply_envelope(&src, &mut dst, 2, 0, &env, apply);
         assert_eq!(dst, [0, 0, 250, 250, 500, 500, 750, 750]);
     }
 

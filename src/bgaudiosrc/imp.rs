@@ -27,7 +27,7 @@ use std::time::Instant;
 use super::cache::{PcmCache, Reader};
 use super::decoder::{self, Decoder, NativeFormat, WaitError};
 use super::gain::{self, Envelope};
-use super::playout::frames_to_time;
+use super::playout::{frames_to_time, time_to_frames};
 use super::registry::{self, CacheKey, FileId, Lease, Probe};
 use super::{BgAudioSrcMode, CAT};
 
@@ -614,28 +614,23 @@ impl BaseSrcImpl for BgAudioSrc {
         let mut fixed = gst::Caps::new_empty();
         if let (Some(s), Some(features)) = (caps.structure(pick), caps.features(pick)) {
             fixed
-                .get_mut()
-                .expect("new caps are writable")
+                .make_mut()
                 .append_structure_full(s.to_owned(), Some(features.to_owned()));
         }
-        {
-            let caps = fixed.make_mut();
-            if let Some(s) = caps.structure_mut(0) {
-                s.fixate_field_str("format", gst_audio::AUDIO_FORMAT_S16.to_str());
-                s.fixate_field_nearest_int("rate", native.rate);
-                s.fixate_field_nearest_int("channels", native.channels);
-                let channels = s.get::<i32>("channels").unwrap_or(native.channels);
-                let mask_fixed = s
-                    .value("channel-mask")
-                    .map(|v| v.get::<gst::Bitmask>().is_ok())
-                    .unwrap_or(false);
-                if !mask_fixed && (channels > 2 || s.has_field("channel-mask")) {
-                    let mask = match native.channel_mask {
-                        Some(mask) if channels == native.channels && mask != 0 => mask,
-                        _ => gst_audio::AudioChannelPosition::fallback_mask(channels as u32),
-                    };
-                    s.set("channel-mask", gst::Bitmask::new(mask));
-                }
+        if let Some(s) = fixed.make_mut().structure_mut(0) {
+            s.fixate_field_str("format", gst_audio::AUDIO_FORMAT_S16.to_str());
+            s.fixate_field_nearest_int("rate", native.rate);
+            s.fixate_field_nearest_int("channels", native.channels);
+            let channels = s.get::<i32>("channels").unwrap_or(native.channels);
+            let mask_fixed = s
+                .value("channel-mask")
+                .is_ok_and(|v| v.get::<gst::Bitmask>().is_ok());
+            if !mask_fixed && (channels > 2 || s.has_field("channel-mask")) {
+                let mask = match native.channel_mask {
+                    Some(mask) if channels == native.channels && mask != 0 => mask,
+                    _ => gst_audio::AudioChannelPosition::fallback_mask(channels as u32),
+                };
+                s.set("channel-mask", gst::Bitmask::new(mask));
             }
         }
         gst::debug!(CAT, imp = self, "Fixating to {}", fixed);
@@ -793,7 +788,8 @@ impl BaseSrcImpl for BgAudioSrc {
         }));
         self.start_first_pass(&settings, rate);
         if let Some((start, stop)) = seek {
-            self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)));
+            let frame = |t| time_to_frames(t, rate);
+            self.seek_to(frame(start), stop.map(frame));
         }
         self.obj()
             .set_blocksize((frames_per_buffer as u32).saturating_mul(bpf));
@@ -801,22 +797,20 @@ impl BaseSrcImpl for BgAudioSrc {
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
-        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
-            if !self.obj().is_live() {
-                return BaseSrcImplExt::parent_query(self, query);
-            }
-            // One buffer: a buffer's last frame is due a buffer's duration after its first.
-            let latency = match &*self.state() {
-                State::Running(running) => {
-                    frames_to_time(running.frames_per_buffer as u64, running.info.rate() as u64)
-                }
-                _ => self.settings().buffer_duration,
-            };
-            gst::debug!(CAT, imp = self, "Live, latency {}", latency);
-            q.set(true, latency, gst::ClockTime::NONE);
-            return true;
-        }
         match query.view_mut() {
+            gst::QueryViewMut::Latency(q) if self.obj().is_live() => {
+                // One buffer: a buffer's last frame is due a buffer's duration after its first.
+                let configured = self.settings().buffer_duration;
+                let latency = match &*self.state() {
+                    State::Running(r) => {
+                        frames_to_time(r.frames_per_buffer as u64, r.info.rate() as u64)
+                    }
+                    _ => configured,
+                };
+                gst::debug!(CAT, imp = self, "Live, latency {}", latency);
+                q.set(true, latency, gst::ClockTime::NONE);
+                return true;
+            }
             gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Time => {
                 // None while looping: the stream does not end.
                 if self.settings().do_loop {
@@ -856,11 +850,8 @@ impl BaseSrcImpl for BgAudioSrc {
             {
                 let format = q.format();
                 let seekable = self.is_seekable();
-                let end = if self.settings().do_loop {
-                    None
-                } else {
-                    self.file_duration()
-                };
+                let do_loop = self.settings().do_loop;
+                let end = if do_loop { None } else { self.file_duration() };
                 let info = self.output_info();
                 let end = match format {
                     gst::Format::Time => end.map(gst::GenericFormattedValue::from),
@@ -928,20 +919,17 @@ impl BaseSrcImpl for BgAudioSrc {
             // The start-up seek GstBaseSrc always makes: nothing to do.
             return true;
         }
-        let starting = match &*self.state() {
-            State::Stopped => return true,
-            State::Starting(_) => true,
-            State::Running(_) => false,
-        };
-        if starting {
-            return self.seek_while_starting(start, stop);
-        }
         let rate = match &*self.state() {
-            State::Running(running) => running.info.rate() as u64,
-            _ => return false,
+            State::Stopped => return true,
+            State::Starting(_) => None,
+            State::Running(running) => Some(running.info.rate() as u64),
+        };
+        let Some(rate) = rate else {
+            return self.seek_while_starting(start, stop);
         };
         gst::debug!(CAT, imp = self, "Seek to {} (stop {:?})", start, stop);
-        self.seek_to(seek_frame(start, rate), stop.map(|t| seek_frame(t, rate)))
+        let frame = |t| time_to_frames(t, rate);
+        self.seek_to(frame(start), stop.map(frame))
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
@@ -1168,7 +1156,7 @@ impl BgAudioSrc {
                     running
                         .native
                         .duration
-                        .map(|d| seek_frame(d, rate))
+                        .map(|d| time_to_frames(d, rate))
                         .filter(|f| *f > 0)
                 })
             }
@@ -1178,14 +1166,10 @@ impl BgAudioSrc {
             // Not for cryptography: distinct openings for instances of one file.
             use std::hash::{BuildHasher, Hasher};
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-            );
+            hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
             length.map_or(0, |length| hasher.finish() % length)
         } else {
-            let frame = seek_frame(settings.start_position, rate);
+            let frame = time_to_frames(settings.start_position, rate);
             match length {
                 Some(length) if settings.do_loop && length > 0 => frame % length,
                 _ => frame,
@@ -1245,11 +1229,19 @@ impl BgAudioSrc {
 
     /// The location and timeout, for the message of a source that showed no format in time.
     fn timeout_context(&self) -> (String, String) {
+        // The settings first, then the state (the lock order).
+        let (set, timeout) = {
+            let settings = self.settings();
+            (
+                settings.location.clone().unwrap_or_default(),
+                settings.timeout,
+            )
+        };
         let location = match &*self.state() {
             State::Starting(starting) => starting.source.location.clone(),
-            _ => self.settings().location.clone().unwrap_or_default(),
+            _ => set,
         };
-        let timeout = self.settings().timeout.map_or_else(
+        let timeout = timeout.map_or_else(
             || "ever".to_owned(),
             |t| format!("{} s", t.nseconds() as f64 / 1e9),
         );
@@ -1275,14 +1267,6 @@ impl BgAudioSrc {
     pub(super) fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The frame at `time` (where a seek lands), rounded to nearest: a seek in samples reaches
-/// the element as a time rounded to the nanosecond, which must come back to the same sample.
-fn seek_frame(time: gst::ClockTime, rate: u64) -> u64 {
-    time.nseconds()
-        .mul_div_round(rate, *gst::ClockTime::SECOND)
-        .unwrap_or(u64::MAX)
 }
 
 /// Whether a source plays through a window: it is live, or it decodes to more than

@@ -23,13 +23,13 @@ use super::{BgAudioSrcMode, CAT};
 /// The settings `create` needs, copied out once per buffer without allocating.
 #[derive(Debug, Clone, Copy)]
 struct Playout {
+    /// 0 when muted.
     volume: f64,
-    mute: bool,
     trim: Option<f64>,
     loop_crossfade: gst::ClockTime,
-    mode: BgAudioSrcMode,
     do_loop: bool,
-    fade_in: gst::ClockTime,
+    /// Mixing mode only.
+    fade_in: Option<gst::ClockTime>,
     fade_out: gst::ClockTime,
     timeout: Option<gst::ClockTime>,
 }
@@ -45,12 +45,9 @@ enum Gain<'a> {
 /// What a fill produced.
 #[derive(Debug)]
 enum Fill {
-    /// `frames` output frames, all silence (nothing was decoded in time) when `gap`.
-    Buffer {
-        buffer: gst::Buffer,
-        frames: usize,
-        gap: bool,
-    },
+    /// A buffer of this many output frames, all silence (nothing was decoded in time) when
+    /// the flag is set.
+    Buffer(gst::Buffer, usize, bool),
     /// The end of the file (of its last pass): EOS.
     End,
 }
@@ -85,7 +82,6 @@ impl BgAudioSrc {
             timestamp_offset.unwrap_or(gst::ClockTime::ZERO) + frames_to_time(sample_offset, rate),
         );
         let settings = self.playout();
-        let volume = if settings.mute { 0.0 } else { settings.volume };
 
         let fade_out_pending = self.fade_out_pending.swap(false, Ordering::SeqCst);
         let mut state = self.state();
@@ -93,12 +89,8 @@ impl BgAudioSrc {
             return Err(gst::FlowError::Flushing);
         };
         let envelope = running.envelope.get_or_insert_with(|| {
-            let fade_in = if settings.mode == BgAudioSrcMode::Mixing {
-                time_to_frames(settings.fade_in, rate)
-            } else {
-                0
-            };
-            Envelope::new(volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
+            let fade_in = settings.fade_in.map_or(0, |t| time_to_frames(t, rate));
+            Envelope::new(settings.volume, time_to_frames(VOLUME_RAMP, rate), fade_in)
         });
         if fade_out_pending {
             let fade_out = settings.fade_out;
@@ -109,7 +101,7 @@ impl BgAudioSrc {
             );
             envelope.fade_out(sample_offset, time_to_frames(settings.fade_out, rate));
         }
-        envelope.set_volume(volume, sample_offset);
+        envelope.set_volume(settings.volume, sample_offset);
         let envelope = envelope.clone();
         drop(state);
 
@@ -143,9 +135,7 @@ impl BgAudioSrc {
                     self.instant_at(due)
                 }),
             // A decoder that delivers nothing for `timeout` has stalled.
-            stall: settings
-                .timeout
-                .map(|t| std::time::Duration::from_nanos(t.nseconds())),
+            stall: settings.timeout.map(std::time::Duration::from),
         };
 
         let mut reader_guard = self.reader();
@@ -160,31 +150,14 @@ impl BgAudioSrc {
             looping: settings.do_loop,
         });
         let gain = envelope.constant(sample_offset, sample_offset + frames_per_buffer as u64);
-        let fill = match gain {
-            Some(g)
-                if g == 1.0
-                    && info.format() == gst_audio::AUDIO_FORMAT_S16
-                    && reader.can_share()
-                    && reader.cache().complete_frames().is_some() =>
-            {
-                self.fill_shared(reader, frames_per_buffer, settings.do_loop)?
-            }
-            Some(g) => self.fill_copied(
-                reader,
-                frames_per_buffer,
-                &info,
-                settings.do_loop,
-                Gain::Constant(g),
-                wait,
-            )?,
-            None => self.fill_copied(
-                reader,
-                frames_per_buffer,
-                &info,
-                settings.do_loop,
-                Gain::Envelope(&envelope, sample_offset),
-                wait,
-            )?,
+        let do_loop = settings.do_loop;
+        let share =
+            gain == Some(1.0) && info.format() == gst_audio::AUDIO_FORMAT_S16 && reader.can_share();
+        let fill = if share {
+            self.fill_shared(reader, frames_per_buffer, do_loop)?
+        } else {
+            let gain = gain.map_or(Gain::Envelope(&envelope, sample_offset), Gain::Constant);
+            self.fill_copied(reader, frames_per_buffer, &info, do_loop, gain, wait)?
         };
         // Silent because of the gain (volume 0, mute, the end of a fade): flagged as
         // audiotestsrc does, so a mixer or sink can skip it. The samples are still read, to keep
@@ -196,12 +169,7 @@ impl BgAudioSrc {
         if lost > 0 {
             self.report_lost(lost, rate);
         }
-        let Fill::Buffer {
-            mut buffer,
-            frames,
-            gap,
-        } = fill
-        else {
+        let Fill::Buffer(mut buffer, frames, gap) = fill else {
             gst::debug!(CAT, imp = self, "End of file at frame {}, EOS", position);
             return Err(self.end_of_stream());
         };
@@ -239,8 +207,7 @@ impl BgAudioSrc {
         // The file's tags, and again if the decoder finds more or after a flush (see
         // `unlock_stop`): looked at once the samples are read, as the decoder delivers its tags
         // before the audio they come with.
-        let mut state = self.state();
-        let tags = match &mut *state {
+        let tags = match &mut *self.state() {
             State::Running(running) => {
                 running.sample_offset = sample_offset + frames as u64;
                 running.timestamp_offset = Some(timestamp_offset);
@@ -254,7 +221,6 @@ impl BgAudioSrc {
             }
             _ => None,
         };
-        drop(state);
         if let Some(tags) = tags {
             gst::debug!(CAT, imp = self, "Tags {}", tags);
             // Queued by GstBaseSrc, which pushes it after the segment (a new one after a flushing
@@ -298,11 +264,7 @@ impl BgAudioSrc {
         }
         Ok(match frames {
             0 => Fill::End,
-            frames => Fill::Buffer {
-                buffer,
-                frames,
-                gap: false,
-            },
+            frames => Fill::Buffer(buffer, frames, false),
         })
     }
 
@@ -398,11 +360,7 @@ impl BgAudioSrc {
             }
         }
         if late {
-            return Ok(Fill::Buffer {
-                buffer,
-                frames: frames_per_buffer,
-                gap: frames == 0,
-            });
+            return Ok(Fill::Buffer(buffer, frames_per_buffer, frames == 0));
         }
         if frames == 0 {
             return Ok(Fill::End);
@@ -412,11 +370,7 @@ impl BgAudioSrc {
                 buffer.set_size(frames * bpf);
             }
         }
-        Ok(Fill::Buffer {
-            buffer,
-            frames,
-            gap: false,
-        })
+        Ok(Fill::Buffer(buffer, frames, false))
     }
 
     /// The running time of frame 0: in a live pipeline, now, so a mixer that is already
@@ -569,13 +523,11 @@ impl BgAudioSrc {
     fn playout(&self) -> Playout {
         let s = self.settings();
         Playout {
-            volume: s.volume,
-            mute: s.mute,
+            volume: if s.mute { 0.0 } else { s.volume },
             trim: s.trim_silence.then_some(s.trim_threshold),
             loop_crossfade: s.loop_crossfade,
-            mode: s.mode,
             do_loop: s.do_loop,
-            fade_in: s.fade_in,
+            fade_in: (s.mode == BgAudioSrcMode::Mixing).then_some(s.fade_in),
             fade_out: s.fade_out,
             timeout: s.timeout,
         }
@@ -591,7 +543,8 @@ pub(super) fn frames_to_time(frames: u64, rate: u64) -> gst::ClockTime {
     )
 }
 
-/// Whole frames in `time` at `rate`, rounded to nearest.
+/// Whole frames in `time` at `rate`, rounded to nearest (so a seek in samples, which reaches the
+/// element as a time rounded to the nanosecond, comes back to the same sample).
 pub(super) fn time_to_frames(time: gst::ClockTime, rate: u64) -> u64 {
     time.nseconds()
         .mul_div_round(rate, *gst::ClockTime::SECOND)
@@ -624,15 +577,15 @@ impl<'a> Samples<'a> {
 
     /// Writes the cache's samples `src`, scaled by `gain`, from sample `at` on.
     fn write(&mut self, at: usize, src: &[i16], gain: Gain, channels: usize) {
-        let first_frame = |first: u64| first + (at / channels) as u64;
+        let skip = (at / channels) as u64;
         match self {
             Samples::S16(out) => {
                 let dst = &mut out[at..at + src.len()];
                 match gain {
                     Gain::Constant(1.0) => dst.copy_from_slice(src),
                     Gain::Constant(g) => gain::apply(src, dst, g),
-                    Gain::Envelope(envelope, first) => {
-                        gain::apply_envelope(src, dst, channels, first_frame(first), envelope)
+                    Gain::Envelope(e, first) => {
+                        gain::apply_envelope(src, dst, channels, first + skip, e, gain::apply)
                     }
                 }
             }
@@ -640,8 +593,8 @@ impl<'a> Samples<'a> {
                 let dst = &mut out[at..at + src.len()];
                 match gain {
                     Gain::Constant(g) => gain::apply_f32(src, dst, g),
-                    Gain::Envelope(envelope, first) => {
-                        gain::apply_envelope_f32(src, dst, channels, first_frame(first), envelope)
+                    Gain::Envelope(e, first) => {
+                        gain::apply_envelope(src, dst, channels, first + skip, e, gain::apply_f32)
                     }
                 }
             }

@@ -217,7 +217,7 @@ pub fn obtain(key: Option<CacheKey>, make: impl FnOnce() -> PcmCache) -> (Lease,
             key,
         });
         // A fresh cache always takes a reader at its start.
-        let reader = entry.cache.reader();
+        let reader = entry.cache.reader().expect("a new cache has a start");
         (entry, reader)
     };
     let mut dropped = Vec::new();
@@ -227,18 +227,14 @@ pub fn obtain(key: Option<CacheKey>, make: impl FnOnce() -> PcmCache) -> (Lease,
         reg.private.retain(|w| w.strong_count() > 0);
         reg.private.push(Arc::downgrade(&entry));
         drop(reg);
-        let reader = reader.expect("a new cache has a start");
         return (Lease { entry }, reader, true);
     };
 
     let now = reg.tick();
     if let Some(slot) = reg.slots.get_mut(&key) {
         // A copy that failed, or that streams past its start, is not one to join.
-        let reader = if slot.entry.cache.failed().is_none() {
-            slot.entry.cache.reader()
-        } else {
-            None
-        };
+        let cache = &slot.entry.cache;
+        let reader = cache.failed().is_none().then(|| cache.reader()).flatten();
         if let Some(reader) = reader {
             slot.users += 1;
             slot.used = now;
@@ -271,7 +267,6 @@ pub fn obtain(key: Option<CacheKey>, make: impl FnOnce() -> PcmCache) -> (Lease,
     dropped.extend(old.filter(|s| s.users == 0).map(|s| s.entry));
     drop(reg);
     drop(dropped);
-    let reader = reader.expect("a new cache has a start");
     (Lease { entry }, reader, true)
 }
 

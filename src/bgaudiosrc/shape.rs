@@ -24,11 +24,7 @@ impl Shape {
     /// How far behind a decoder still filling the copy the reader stays: what a trim or a seam
     /// may still take from the end of the pass.
     pub fn lookahead(&self) -> u64 {
-        let trim = if self.trim.is_some() {
-            self.max_trim
-        } else {
-            0
-        };
+        let trim = self.trim.map_or(0, |_| self.max_trim);
         let crossfade = if self.looping { self.crossfade } else { 0 };
         trim + crossfade
     }
@@ -121,36 +117,20 @@ pub fn place(frame: u64, first: u64, head: u64, tail: u64, crossfade: u64, loopi
     let end = tail - crossfade;
     let from = head.max(first);
     let first_pass = end.saturating_sub(from);
-    if frame < first_pass {
-        return Place {
-            pos: from + frame,
-            in_pass: frame,
-            seam: None,
-        };
-    }
-    let period = end - head;
-    if !looping || period == 0 {
+    let (pos, in_pass, seam) = if frame < first_pass {
+        (from + frame, frame, None)
+    } else if !looping || end <= head {
         // Past the end: the pass ends (and loops, from a complete pass, when looping).
-        return Place {
-            pos: end,
-            in_pass: frame.max(1),
-            seam: None,
-        };
-    }
-    let into = (frame - first_pass) % period;
-    if into < crossfade {
-        Place {
-            pos: end,
-            in_pass: into,
-            seam: Some(into),
-        }
+        (end, frame.max(1), None)
     } else {
-        Place {
-            pos: head + into,
-            in_pass: into,
-            seam: None,
+        let into = (frame - first_pass) % (end - head);
+        if into < crossfade {
+            (end, into, Some(into))
+        } else {
+            (head + into, into, None)
         }
-    }
+    };
+    Place { pos, in_pass, seam }
 }
 
 #[cfg(test)]
