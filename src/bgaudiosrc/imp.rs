@@ -1230,7 +1230,7 @@ impl BgAudioSrc {
     /// The location and timeout, for the message of a source that showed no format in time.
     fn timeout_context(&self) -> (String, String) {
         // The settings first, then the state (the lock order).
-        let (set, timeout) = {
+        let (configured, timeout) = {
             let settings = self.settings();
             (
                 settings.location.clone().unwrap_or_default(),
@@ -1239,7 +1239,7 @@ impl BgAudioSrc {
         };
         let location = match &*self.state() {
             State::Starting(starting) => starting.source.location.clone(),
-            _ => set,
+            _ => configured,
         };
         let timeout = timeout.map_or_else(
             || "ever".to_owned(),
