@@ -563,7 +563,8 @@ fn scenario(args: &[String]) -> Result<(), Error> {
             let unretained = play()?;
             gstbgaudio::set_retain_budget(budget);
             println!(
-                "first_s={:.4} second_s={:.4} ratio={:.3} unretained_s={:.4} floor_s={:.4} stock_s={:.4}",
+                "first_s={:.4} second_s={:.4} ratio={:.3} unretained_s={:.4} floor_s={:.4} \
+                 stock_s={:.4}",
                 first.as_secs_f64(),
                 second.as_secs_f64(),
                 second.as_secs_f64() / first.as_secs_f64(),

@@ -421,10 +421,11 @@ fn a_non_flushing_seek_plays_on_from_the_new_position() {
 /// the stock chain decodes it. Each round plays a file of its own: a file probed before starts
 /// without waiting.
 ///
-/// The seeks come while the pipeline prerolls (READY to PAUSED), and it goes on to PLAYING
-/// once it has prerolled after them: a flush that makes the sink lose its state while its bin is busy going from
-/// PAUSED to PLAYING can leave GStreamer 1.22's bin waiting for an ASYNC_DONE it ignored, which
-/// holds the EOS message back for ever whatever the source (seen with this test's seeks).
+/// The seeks come while the pipeline prerolls (READY to PAUSED), and it goes on to PLAYING once
+/// it has prerolled after them: a flush that makes the sink lose its state while its bin is
+/// busy going from PAUSED to PLAYING can leave GStreamer 1.22's bin waiting for an ASYNC_DONE it
+/// ignored, which holds the EOS message back for ever whatever the source (seen with this
+/// test's seeks).
 #[test]
 fn flushing_seeks_while_starting_then_the_whole_file_plays() {
     init();

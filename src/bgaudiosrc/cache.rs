@@ -12,9 +12,9 @@
 //!   made a window from the start, for a file known to be too long or a live source).
 //!
 //! While the first pass fills the copy, the decoder is paced by the copy's own readers: it runs
-//! a bounded lead (`DECODE_AHEAD_MIN` to `_MAX`) ahead of the furthest one (beyond what a trim or a seam looks ahead), and
-//! waits when it is there, or when no element reads the copy. Nothing else paces it: a copy
-//! never waits for another copy or another element's start-up.
+//! a bounded lead (`DECODE_AHEAD_MIN` to `_MAX`) ahead of the furthest one (beyond what a trim
+//! or a seam looks ahead), and waits when it is there, or when no element reads the copy.
+//! Nothing else paces it: a copy never waits for another copy or another element's start-up.
 //!
 //! A reader waiting for frames while the decoder neither adds any nor waits for a reader has
 //! found the decoder stalled once its stall limit passes (the element's `timeout`).

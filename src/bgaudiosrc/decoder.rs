@@ -10,10 +10,10 @@
 //! file starts on the caller's thread (to PAUSED, with only its appsink PLAYING: no clock is
 //! needed), anything else hands its state changes to a GStreamer pool thread (`call_async`):
 //! some sources connect or open inside them (rtmp://, srt://). Decoded data is held back by a
-//! blocking probe until the output format is known. Whoever needs the file's own format waits for it on
-//! the chain's `Shared` (`wait_native`), with a deadline and a cancel check, and may share that
-//! wait with other elements on the same file. `Decoder::start_output` then sets the output
-//! format and lets the samples flow into the copy, whose readers pace them (see `cache`).
+//! blocking probe until the output format is known. Whoever needs the file's own format waits
+//! for it on the chain's `Shared` (`wait_native`), with a deadline and a cancel check, and may
+//! share that wait with other elements on the same file. `Decoder::start_output` then sets the
+//! output format and lets the samples flow into the copy, whose readers pace them (see `cache`).
 //!
 //! At the end of the file a complete copy is frozen and the chain shuts itself down; a window
 //! marks the end of the pass and the chain seeks back to the start at once, from a pool thread,
